@@ -1,0 +1,1 @@
+//! Conformance suites: plain async functions any backend calls on itself.
