@@ -2,6 +2,22 @@
 //! each other. The node opens the connection (so it needs no inbound port) and authenticates
 //! with its callback token; both sides share these types.
 
+//!
+//! ## Endpoints (all with `Authorization: Bearer <node callback token>`)
+//!
+//! | method and path | body | answer |
+//! |---|---|---|
+//! | `POST /api/nodes/{nodeId}/hello` | [`NodeHello`] | `200 {}`; the node is ready |
+//! | `POST /api/nodes/{nodeId}/heartbeat` | [`Heartbeat`] | `200 {}` |
+//! | `GET /api/nodes/{nodeId}/commands?after={seq}&waitMs={ms}` | — | `200` [`CommandBatch`] (long poll: waits up to `waitMs` for a command with `seq > after`) |
+//! | `POST /api/nodes/{nodeId}/events` | [`WorkspaceEvent`] | `200 {}` (idempotent) |
+//! | `POST /api/nodes/{nodeId}/deltas` | [`DeltaBatch`] | `202 {}` (ephemeral, may be dropped) |
+//! | `POST /api/workspaces/{workspaceId}/messages` | `{"messages": [ChatMessage…]}` with the *workspace's* token | `200 {"persisted", "duplicates"}` |
+//!
+//! Any of the node endpoints may answer `410 Gone` (`{"error": "node_stopped"}`): the node
+//! was declared lost or destroyed and must stop everything; nothing runs twice. Passing
+//! `after` = the highest `seq` processed acknowledges every command up to it.
+
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, NodeId, ProjectId, SessionId, TaskId, WorkspaceId};
@@ -173,6 +189,35 @@ pub struct MessageDelta {
     /// The text added since the previous delta.
     pub text: String,
 }
+
+/// A command with its position in the node's command queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SequencedCommand {
+    /// Position in the node's queue, increasing from 1.
+    pub seq: u64,
+    /// The command.
+    pub command: NodeCommand,
+}
+
+/// The answer to a command poll.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CommandBatch {
+    /// Commands after the acknowledged `seq`, oldest first (empty when the poll timed out).
+    pub commands: Vec<SequencedCommand>,
+}
+
+/// A batch of live text deltas.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeltaBatch {
+    /// The deltas, in the order they were produced.
+    pub deltas: Vec<MessageDelta>,
+}
+
+/// The error code a node endpoint answers (with `410 Gone`) to a node that must stop.
+pub const NODE_STOPPED: &str = "node_stopped";
 
 #[cfg(test)]
 mod tests {
