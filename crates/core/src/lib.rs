@@ -60,8 +60,8 @@ pub use provider::{
 };
 pub use sink::{DeliveryReport, MessageSink, SinkError};
 pub use store::{
-    Change, DestroyGuard, InsertOutcome, MessagePage, NodeQuery, NodeStore, SessionPatch,
-    SessionQuery, SessionStore, Store, StoreError, StoreEvent, TaskQuery, TaskStore,
+    ApiToken, Change, DestroyGuard, InsertOutcome, MessagePage, NodeQuery, NodeStore, SessionPatch,
+    SessionQuery, SessionStore, Store, StoreError, StoreEvent, TaskQuery, TaskStore, UserStore,
     WorkspaceQuery,
 };
 pub use task::TaskStatus;

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Timestamp;
 use crate::ids::{NodeId, ProjectId, SessionId, TaskId, UserId, WorkspaceId};
 use crate::model::{
-    ChatMessage, ChatSession, Node, Project, SessionStatus, StoredMessage, Task, VmSize, Workspace,
-    WorkspaceStatus,
+    ChatMessage, ChatSession, Node, Project, SessionStatus, StoredMessage, Task, User, VmSize,
+    Workspace, WorkspaceStatus,
 };
 use crate::node::NodeState;
 use crate::task::TaskStatus;
@@ -385,9 +385,45 @@ pub trait NodeStore: Send + Sync + fmt::Debug + 'static {
     async fn record_heartbeat(&self, id: NodeId, now: Timestamp) -> Result<(), StoreError>;
 }
 
-/// Everything a control plane stores: [`SessionStore`] + [`TaskStore`] + [`NodeStore`].
-pub trait Store: SessionStore + TaskStore + NodeStore {}
-impl<T: SessionStore + TaskStore + NodeStore + ?Sized> Store for T {}
+/// A bearer credential of a user: an API token or a browser session. Only its hash is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiToken {
+    /// Its id (shown in listings, used to revoke it).
+    pub id: uuid::Uuid,
+    /// Whose it is.
+    pub user_id: UserId,
+    /// SHA-256 of the secret, hex. The secret itself is shown once and never stored.
+    pub token_hash: String,
+    /// What it is for (`cli`, `browser`, `first-run`…).
+    pub name: String,
+    /// When it was made.
+    pub created_at: Timestamp,
+    /// When it stops working, if ever.
+    pub expires_at: Option<Timestamp>,
+}
+
+/// Users and their tokens.
+#[async_trait]
+pub trait UserStore: Send + Sync + fmt::Debug + 'static {
+    /// Stores a new user; [`StoreError::Conflict`] if the name is taken.
+    async fn create_user(&self, user: &User) -> Result<(), StoreError>;
+    /// Reads a user.
+    async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    /// Reads a user by name.
+    async fn get_user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;
+    /// Stores a new token.
+    async fn create_api_token(&self, token: &ApiToken) -> Result<(), StoreError>;
+    /// Finds a token by the hash of its secret.
+    async fn find_api_token(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError>;
+    /// Revokes a token. `false` if it did not exist.
+    async fn delete_api_token(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
+}
+
+/// Everything a control plane stores: [`SessionStore`] + [`TaskStore`] + [`NodeStore`] +
+/// [`UserStore`].
+pub trait Store: SessionStore + TaskStore + NodeStore + UserStore {}
+impl<T: SessionStore + TaskStore + NodeStore + UserStore + ?Sized> Store for T {}
 
 macro_rules! forward {
     ($($trait:ident { $(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)* })*) => {
@@ -432,6 +468,14 @@ forward! {
         fn update_workspace(&self, workspace: &Workspace) -> Result<(), StoreError>;
         fn list_workspaces(&self, query: &WorkspaceQuery) -> Result<Vec<Workspace>, StoreError>;
     }
+    UserStore {
+        fn create_user(&self, user: &User) -> Result<(), StoreError>;
+        fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError>;
+        fn get_user_by_name(&self, name: &str) -> Result<Option<User>, StoreError>;
+        fn create_api_token(&self, token: &ApiToken) -> Result<(), StoreError>;
+        fn find_api_token(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError>;
+        fn delete_api_token(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
+    }
     NodeStore {
         fn insert_node(&self, node: &Node) -> Result<(), StoreError>;
         fn get_node(&self, id: NodeId) -> Result<Option<Node>, StoreError>;
@@ -458,8 +502,9 @@ mod tests {
             _: Option<Arc<dyn SessionStore>>,
             _: Option<Arc<dyn TaskStore>>,
             _: Option<Arc<dyn NodeStore>>,
+            _: Option<Arc<dyn UserStore>>,
         ) {
         }
-        takes(None, None, None, None);
+        takes(None, None, None, None, None);
     }
 }

@@ -9,13 +9,14 @@ use tokio::sync::broadcast;
 use crate::clock::Timestamp;
 use crate::ids::{MessageId, NodeId, ProjectId, SessionId, TaskId, UserId, WorkspaceId};
 use crate::model::{
-    ChatMessage, ChatSession, Node, Project, Role, StoredMessage, Task, VmSize, Workspace,
+    ChatMessage, ChatSession, Node, Project, Role, StoredMessage, Task, User, VmSize, Workspace,
     topic_from_message,
 };
 use crate::node::NodeState;
 use crate::store::{
-    Change, DestroyGuard, InsertOutcome, MessagePage, NodeQuery, NodeStore, SessionPatch,
-    SessionQuery, SessionStore, StoreError, StoreEvent, TaskQuery, TaskStore, WorkspaceQuery,
+    ApiToken, Change, DestroyGuard, InsertOutcome, MessagePage, NodeQuery, NodeStore, SessionPatch,
+    SessionQuery, SessionStore, StoreError, StoreEvent, TaskQuery, TaskStore, UserStore,
+    WorkspaceQuery,
 };
 use crate::task::TaskStatus;
 
@@ -35,6 +36,8 @@ struct State {
     tasks: HashMap<TaskId, Task>,
     workspaces: HashMap<WorkspaceId, Workspace>,
     nodes: HashMap<NodeId, Node>,
+    users: HashMap<UserId, User>,
+    tokens: HashMap<uuid::Uuid, ApiToken>,
 }
 
 impl Default for MemoryStore {
@@ -422,6 +425,54 @@ impl TaskStore for MemoryStore {
                 .cloned(),
             |w| (w.created_at, w.id),
         ))
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if s.users.values().any(|u| u.name == user.name) || s.users.contains_key(&user.id) {
+            return Err(StoreError::conflict(format!(
+                "user name {:?} is taken",
+                user.name
+            )));
+        }
+        s.users.insert(user.id, user.clone());
+        Ok(())
+    }
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        Ok(self.lock().users.get(&id).cloned())
+    }
+
+    async fn get_user_by_name(&self, name: &str) -> Result<Option<User>, StoreError> {
+        Ok(self.lock().users.values().find(|u| u.name == name).cloned())
+    }
+
+    async fn create_api_token(&self, token: &ApiToken) -> Result<(), StoreError> {
+        let mut s = self.lock();
+        if !s.users.contains_key(&token.user_id) {
+            return Err(StoreError::not_found("user", token.user_id));
+        }
+        if s.tokens.values().any(|t| t.token_hash == token.token_hash) {
+            return Err(StoreError::conflict("token hash exists"));
+        }
+        s.tokens.insert(token.id, token.clone());
+        Ok(())
+    }
+
+    async fn find_api_token(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError> {
+        Ok(self
+            .lock()
+            .tokens
+            .values()
+            .find(|t| t.token_hash == token_hash)
+            .cloned())
+    }
+
+    async fn delete_api_token(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
+        Ok(self.lock().tokens.remove(&id).is_some())
     }
 }
 
