@@ -52,6 +52,12 @@ pub enum StoreError {
         /// What happened.
         message: String,
     },
+    /// The store does not implement this operation.
+    #[error("unsupported by this store: {message}")]
+    Unsupported {
+        /// Which operation.
+        message: String,
+    },
     /// Any other database failure.
     #[error("store error: {message}")]
     Backend {
@@ -315,6 +321,15 @@ pub trait TaskStore: Send + Sync + fmt::Debug + 'static {
     async fn update_task(&self, task: &Task, expected: TaskStatus) -> Result<(), StoreError>;
     /// Deletes a task (not its session). `false` if it did not exist.
     async fn delete_task(&self, id: TaskId) -> Result<bool, StoreError>;
+    /// Tasks of every project and owner whose status is one of `statuses`, oldest status
+    /// change first: the task runner's scan for tasks held too long in a transient state.
+    /// The default answers [`StoreError::Unsupported`]; every Kiln store implements it.
+    async fn list_tasks_by_status(&self, statuses: &[TaskStatus]) -> Result<Vec<Task>, StoreError> {
+        let _ = statuses;
+        Err(StoreError::Unsupported {
+            message: "list_tasks_by_status".to_owned(),
+        })
+    }
 
     /// Stores a new workspace.
     async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError>;
@@ -463,6 +478,7 @@ forward! {
         fn list_tasks(&self, project: ProjectId, query: &TaskQuery) -> Result<Vec<Task>, StoreError>;
         fn update_task(&self, task: &Task, expected: TaskStatus) -> Result<(), StoreError>;
         fn delete_task(&self, id: TaskId) -> Result<bool, StoreError>;
+        fn list_tasks_by_status(&self, statuses: &[TaskStatus]) -> Result<Vec<Task>, StoreError>;
         fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError>;
         fn get_workspace(&self, id: WorkspaceId) -> Result<Option<Workspace>, StoreError>;
         fn update_workspace(&self, workspace: &Workspace) -> Result<(), StoreError>;

@@ -45,6 +45,7 @@ pub async fn store_suite(store: Arc<dyn Store>) {
     the_change_feed_announces_stored_and_published_changes(store.clone()).await;
     tasks_list_by_priority_and_filter_by_status(store.clone()).await;
     task_updates_are_compare_and_set_on_status(store.clone()).await;
+    tasks_list_by_status_across_projects(store.clone()).await;
     workspaces_are_stored_updated_and_filtered(store.clone()).await;
     a_claim_takes_the_oldest_warm_node_of_the_same_owner_and_size(store.clone()).await;
     an_expired_warm_node_is_never_claimed(store.clone()).await;

@@ -191,3 +191,35 @@ pub async fn workspaces_are_stored_updated_and_filtered(store: Arc<dyn Store>) {
         Err(StoreError::NotFound { .. })
     ));
 }
+
+/// `list_tasks_by_status` finds tasks of every project in the given statuses, oldest status
+/// change first (the task runner's scan for tasks stuck in a transient state).
+pub async fn tasks_list_by_status_across_projects(store: Arc<dyn Store>) {
+    let a = Fixture::new(store.clone()).await;
+    let b = Fixture::new(store.clone()).await;
+    let queued_b = b.task("queued-b", 0, TaskStatus::Queued);
+    store.create_task(&queued_b).await.unwrap();
+    a.advance(Duration::from_secs(5));
+    let queued_a = a.task("queued-a", 0, TaskStatus::Queued);
+    let delegated_a = a.task("delegated-a", 0, TaskStatus::Delegated);
+    let draft_a = a.task("draft-a", 0, TaskStatus::Draft);
+    for t in [&delegated_a, &draft_a, &queued_a] {
+        store.create_task(t).await.unwrap();
+    }
+    let ours = [queued_b.id, queued_a.id, delegated_a.id, draft_a.id];
+    let found: Vec<TaskId> = store
+        .list_tasks_by_status(&[TaskStatus::Queued, TaskStatus::Delegated])
+        .await
+        .expect("list_tasks_by_status")
+        .into_iter()
+        .map(|t| t.id)
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert_eq!(
+        found.len(),
+        3,
+        "queued and delegated tasks of both projects"
+    );
+    assert_eq!(found[0], queued_b.id, "oldest status change first");
+    assert!(!found.contains(&draft_a.id), "only the given statuses");
+}

@@ -383,6 +383,17 @@ impl TaskStore for MemoryStore {
         Ok(self.lock().tasks.remove(&id).is_some())
     }
 
+    async fn list_tasks_by_status(&self, statuses: &[TaskStatus]) -> Result<Vec<Task>, StoreError> {
+        let s = self.lock();
+        Ok(sorted(
+            s.tasks
+                .values()
+                .filter(|t| statuses.contains(&t.status))
+                .cloned(),
+            |t| (t.status_changed_at, t.id),
+        ))
+    }
+
     async fn create_workspace(&self, workspace: &Workspace) -> Result<(), StoreError> {
         let mut s = self.lock();
         if s.workspaces.contains_key(&workspace.id) {
