@@ -1,0 +1,732 @@
+//! The [`TaskRunner`]: drives tasks through [`kiln_core::task`]'s state machine and executes
+//! the effects it asks for against the store, the [`WarmPool`] and a [`WorkspaceController`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use kiln_core::protocol::Prompt;
+use kiln_core::task::{TaskEffect, TaskEvent, TransitionError};
+use kiln_core::{
+    Change, ChatMessage, ChatSession, MessageId, NodeId, ProjectId, Role, SessionId, SessionPatch,
+    SessionStatus, Store, StoreError, StoreEvent, Task, TaskId, TaskStatus, UserId, VmSize,
+    Workspace, WorkspaceId, WorkspaceStatus,
+};
+
+use crate::controller::{DestroyProgress, WorkspaceController, WorkspaceRequest};
+use crate::error::Error;
+use crate::pool::{ReleaseOutcome, WarmPool, live_workspace_statuses};
+
+/// A task to create and run at once (Run Now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// The project.
+    pub project_id: ProjectId,
+    /// Short title.
+    pub title: String,
+    /// What the agent is asked to do (the first prompt).
+    pub description: String,
+    /// Higher runs first.
+    pub priority: i32,
+    /// Overrides the project's default VM size.
+    pub vm_size_override: Option<VmSize>,
+    /// Which agent to use.
+    pub agent_hint: Option<String>,
+}
+
+/// The outcome of one guarded step of a task.
+enum Step {
+    /// The event moved the task (stored by compare-and-set); run these effects.
+    Applied {
+        task: Task,
+        effects: Vec<TaskEffect>,
+    },
+    /// The event changed nothing (a tick before the limit).
+    Unchanged,
+    /// The machine refused the event in the task's current state.
+    Refused { task: Task, error: TransitionError },
+}
+
+/// Drives tasks through their runs. Cheap to clone; clones share everything.
+///
+/// Every decision comes from [`Task::apply`]; every task write is a compare-and-set on the
+/// status the decision was made from, so of two concurrent writers (replicas, repeated
+/// callbacks) exactly one executes the effects — a repeated run or callback never starts a
+/// second workspace nor provisions a second node.
+#[derive(Debug, Clone)]
+pub struct TaskRunner {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: Arc<WarmPool>,
+    workspaces: Arc<dyn WorkspaceController>,
+}
+
+impl TaskRunner {
+    /// A runner over the pool's store and clock.
+    pub fn new(pool: Arc<WarmPool>, workspaces: Arc<dyn WorkspaceController>) -> Self {
+        Self {
+            inner: Arc::new(Inner { pool, workspaces }),
+        }
+    }
+
+    /// The pool.
+    #[must_use]
+    pub fn pool(&self) -> &Arc<WarmPool> {
+        &self.inner.pool
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.pool.store
+    }
+
+    fn now(&self) -> kiln_core::Timestamp {
+        self.inner.pool.clock.now()
+    }
+
+    async fn task(&self, id: TaskId) -> Result<Task, Error> {
+        self.store()
+            .get_task(id)
+            .await?
+            .ok_or_else(|| Error::not_found("task", id))
+    }
+
+    async fn publish(&self, owner: UserId, project_id: Option<ProjectId>, change: Change) {
+        let event = StoreEvent {
+            owner,
+            project_id,
+            change,
+        };
+        if let Err(e) = self.store().publish(&event).await {
+            tracing::warn!(error = %e, ?event, "could not publish a change");
+        }
+    }
+
+    /// Applies `event` to the stored task with compare-and-set on its status, retrying when
+    /// another writer moved it in between. `also` edits the task before it is written.
+    async fn step(
+        &self,
+        id: TaskId,
+        event: &TaskEvent,
+        also: impl Fn(&mut Task),
+    ) -> Result<Step, Error> {
+        for _ in 0..16 {
+            let task = self.task(id).await?;
+            let mut next = task.clone();
+            let effects = match next.apply(event, self.now()) {
+                Ok(effects) => effects,
+                Err(error) => return Ok(Step::Refused { task, error }),
+            };
+            if next.status == task.status && effects.is_empty() {
+                return Ok(Step::Unchanged);
+            }
+            also(&mut next);
+            match self.store().update_task(&next, task.status).await {
+                Ok(()) => {
+                    tracing::info!(task = %id, from = %task.status, to = %next.status, event = event.name(), "task moved");
+                    self.publish(
+                        next.owner,
+                        Some(next.project_id),
+                        Change::Task { task_id: id },
+                    )
+                    .await;
+                    return Ok(Step::Applied {
+                        task: next,
+                        effects,
+                    });
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::Contended { task: id })
+    }
+
+    /// Creates a task (and its chat session with the prompt) and runs it: Run Now. The
+    /// returned task is queued; the run goes on in the background.
+    pub async fn run_now(&self, new: NewTask) -> Result<Task, Error> {
+        let project = self
+            .store()
+            .get_project(new.project_id)
+            .await?
+            .ok_or_else(|| Error::not_found("project", new.project_id))?;
+        let now = self.now();
+        let task = Task {
+            id: TaskId::new(),
+            project_id: project.id,
+            owner: project.owner,
+            title: new.title,
+            description: new.description,
+            priority: new.priority,
+            status: TaskStatus::Draft,
+            status_changed_at: now,
+            output_branch: None,
+            pr_url: None,
+            summary: None,
+            error_message: None,
+            session_id: None,
+            workspace_id: None,
+            node_id: None,
+            vm_size_override: new.vm_size_override,
+            agent_hint: new.agent_hint,
+            attempt: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store().create_task(&task).await?;
+        self.publish(
+            task.owner,
+            Some(task.project_id),
+            Change::Task { task_id: task.id },
+        )
+        .await;
+        self.run(task.id).await
+    }
+
+    /// Runs a draft or ready task: queued at once (returned), then a node is acquired and the
+    /// workspace started in the background. Idempotent: a task already running is returned
+    /// as it is.
+    pub async fn run(&self, id: TaskId) -> Result<Task, Error> {
+        self.start(id, &TaskEvent::Run, false).await
+    }
+
+    /// Like [`run`](Self::run), but returns only once the task is delegated to a workspace
+    /// (or failed): for callers that want the whole acquisition in their own task.
+    pub async fn run_inline(&self, id: TaskId) -> Result<Task, Error> {
+        self.start(id, &TaskEvent::Run, true).await
+    }
+
+    /// Runs a failed or cancelled task again (a new attempt, same session, a fresh node and
+    /// workspace; the old workspace is kept). Idempotent like [`run`](Self::run).
+    pub async fn rerun(&self, id: TaskId) -> Result<Task, Error> {
+        self.start(id, &TaskEvent::Rerun, false).await
+    }
+
+    /// Like [`rerun`](Self::rerun), returning once the task is delegated (or failed).
+    pub async fn rerun_inline(&self, id: TaskId) -> Result<Task, Error> {
+        self.start(id, &TaskEvent::Rerun, true).await
+    }
+
+    async fn start(&self, id: TaskId, event: &TaskEvent, inline: bool) -> Result<Task, Error> {
+        let new_session = SessionId::new();
+        let (task, effects) = match self
+            .step(id, event, |t| {
+                if t.session_id.is_none() {
+                    t.session_id = Some(new_session);
+                }
+            })
+            .await?
+        {
+            Step::Applied { task, effects } => (task, effects),
+            Step::Refused { task, .. } if task.status.is_running() => return Ok(task),
+            Step::Refused { task, error } => {
+                return Err(Error::InvalidTransition {
+                    task: task.id,
+                    source: error,
+                });
+            }
+            Step::Unchanged => return self.task(id).await,
+        };
+        if let Err(e) = self
+            .open_session(&task, task.session_id == Some(new_session))
+            .await
+        {
+            let reason = format!("the chat session could not be opened: {e}");
+            self.finish(id, &TaskEvent::Failed { reason }).await?;
+            return Err(e);
+        }
+        if effects.contains(&TaskEffect::AcquireNode) {
+            if inline {
+                return self.acquire_and_delegate(task.id).await;
+            }
+            let runner = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = runner.acquire_and_delegate(id).await {
+                    tracing::warn!(task = %id, error = %e, "task run stopped on an error");
+                }
+            });
+        }
+        Ok(task)
+    }
+
+    /// Creates the task's session (first run) or reopens it (re-run), with the prompt stored
+    /// under its derived id so the node's copy deduplicates to it.
+    async fn open_session(&self, task: &Task, create: bool) -> Result<(), Error> {
+        let Some(session_id) = task.session_id else {
+            return Ok(());
+        };
+        let now = self.now();
+        if create {
+            let session = ChatSession {
+                id: session_id,
+                project_id: task.project_id,
+                owner: task.owner,
+                task_id: Some(task.id),
+                workspace_id: None,
+                topic: Some(kiln_core::model::topic_from_message(&task.title)),
+                status: SessionStatus::Pending,
+                message_count: 0,
+                created_at: now,
+                updated_at: now,
+            };
+            match self.store().create_session(&session).await {
+                Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            let patch = SessionPatch {
+                status: Some(SessionStatus::Pending),
+                workspace_id: Some(None),
+                topic: None,
+            };
+            match self.store().update_session(session_id, &patch, now).await {
+                Ok(_) => {}
+                Err(StoreError::NotFound { .. }) => {
+                    return Box::pin(self.open_session(task, true)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let prompt = ChatMessage {
+            id: MessageId::for_task_prompt(task.id),
+            session_id,
+            role: Role::User,
+            content: task.description.clone(),
+            tool: None,
+            seq: None,
+            created_at: now,
+        };
+        self.store().insert_messages(&[prompt], now).await?;
+        self.publish(
+            task.owner,
+            Some(task.project_id),
+            Change::Session { session_id },
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Queued → acquire a node → delegated → workspace started.
+    async fn acquire_and_delegate(&self, id: TaskId) -> Result<Task, Error> {
+        let task = self.task(id).await?;
+        if task.status != TaskStatus::Queued {
+            return Ok(task);
+        }
+        let project = self
+            .store()
+            .get_project(task.project_id)
+            .await?
+            .ok_or_else(|| Error::not_found("project", task.project_id))?;
+        let size = task.effective_vm_size(&project);
+        let location = self.inner.pool.settings().location;
+        let acquired = match self
+            .inner
+            .pool
+            .acquire(task.owner, size, location.as_deref(), id)
+            .await
+        {
+            Ok(acquired) => acquired,
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "no node for the task");
+                let reason = e.to_string();
+                self.finish(id, &TaskEvent::Failed { reason }).await?;
+                return self.task(id).await;
+            }
+        };
+        let node = acquired.node.id;
+        let workspace_id = WorkspaceId::new();
+        let (task, effects) = match self
+            .step(id, &TaskEvent::NodeAcquired { node }, |t| {
+                t.workspace_id = Some(workspace_id);
+            })
+            .await?
+        {
+            Step::Applied { task, effects } => (task, effects),
+            _ => {
+                // Cancelled or timed out while the node was coming: give the node back.
+                tracing::info!(task = %id, %node, "task left the queue before its node came; releasing the node");
+                self.inner.pool.release(node).await?;
+                return self.task(id).await;
+            }
+        };
+        for effect in effects {
+            if let TaskEffect::CreateWorkspace { node } = effect {
+                self.create_workspace(&task, &project.repository_url, node, workspace_id)
+                    .await?;
+            }
+        }
+        self.task(id).await
+    }
+
+    async fn create_workspace(
+        &self,
+        task: &Task,
+        repository_url: &str,
+        node: NodeId,
+        workspace_id: WorkspaceId,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let session_id = task.session_id.unwrap_or_default();
+        let workspace = Workspace {
+            id: workspace_id,
+            node_id: node,
+            owner: task.owner,
+            project_id: Some(task.project_id),
+            task_id: Some(task.id),
+            session_id: Some(session_id),
+            branch: Some(task.branch_name()),
+            status: WorkspaceStatus::Creating,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store().create_workspace(&workspace).await?;
+        self.publish(
+            task.owner,
+            Some(task.project_id),
+            Change::Workspace { workspace_id },
+        )
+        .await;
+        self.set_session(task, None, Some(Some(workspace_id))).await;
+        let request = WorkspaceRequest {
+            node_id: node,
+            workspace_id,
+            project_id: task.project_id,
+            task_id: task.id,
+            session_id,
+            repository_url: repository_url.to_owned(),
+            branch: task.branch_name(),
+            prompt: Prompt {
+                message_id: MessageId::for_task_prompt(task.id),
+                text: task.description.clone(),
+            },
+            agent_hint: task.agent_hint.clone(),
+        };
+        if let Err(e) = self.inner.workspaces.create_workspace(&request).await {
+            tracing::warn!(task = %task.id, workspace = %workspace_id, error = %e, "workspace did not start");
+            let reason = format!("the workspace could not be started: {e}");
+            self.finish(task.id, &TaskEvent::Failed { reason }).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_session(
+        &self,
+        task: &Task,
+        status: Option<SessionStatus>,
+        workspace_id: Option<Option<WorkspaceId>>,
+    ) {
+        let Some(session_id) = task.session_id else {
+            return;
+        };
+        let patch = SessionPatch {
+            status,
+            workspace_id,
+            topic: None,
+        };
+        match self
+            .store()
+            .update_session(session_id, &patch, self.now())
+            .await
+        {
+            Ok(_) => {
+                self.publish(
+                    task.owner,
+                    Some(task.project_id),
+                    Change::Session { session_id },
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(session = %session_id, error = %e, "could not update the session")
+            }
+        }
+    }
+
+    async fn set_workspace(
+        &self,
+        workspace_id: WorkspaceId,
+        status: WorkspaceStatus,
+        branch: Option<&str>,
+    ) -> Result<Option<Workspace>, Error> {
+        let Some(mut workspace) = self.store().get_workspace(workspace_id).await? else {
+            return Ok(None);
+        };
+        // A destroyed workspace stays destroyed, whatever late report arrives.
+        if workspace.status == WorkspaceStatus::Destroyed
+            || (workspace.status == status && branch.is_none())
+        {
+            return Ok(Some(workspace));
+        }
+        workspace.status = status;
+        if let Some(branch) = branch {
+            workspace.branch = Some(branch.to_owned());
+        }
+        workspace.updated_at = self.now();
+        self.store().update_workspace(&workspace).await?;
+        self.publish(
+            workspace.owner,
+            workspace.project_id,
+            Change::Workspace { workspace_id },
+        )
+        .await;
+        Ok(Some(workspace))
+    }
+
+    /// Moves the task to a terminal state (or applies another event) and runs the effects,
+    /// so the session, workspace and node follow in the same step. `Ok(false)` when the
+    /// machine refused the event (a late or repeated report).
+    async fn finish(&self, id: TaskId, event: &TaskEvent) -> Result<bool, Error> {
+        let (task, effects) = match self.step(id, event, |_| {}).await? {
+            Step::Applied { task, effects } => (task, effects),
+            Step::Unchanged => return Ok(false),
+            Step::Refused { task, error } => {
+                tracing::debug!(task = %task.id, %error, "event ignored");
+                return Ok(false);
+            }
+        };
+        self.run_effects(&task, effects).await?;
+        match task.status {
+            TaskStatus::Completed => {
+                self.set_session(&task, Some(SessionStatus::Completed), None)
+                    .await;
+            }
+            TaskStatus::Failed | TaskStatus::Cancelled => {
+                self.set_session(&task, Some(SessionStatus::Stopped), None)
+                    .await;
+            }
+            TaskStatus::InProgress => {
+                self.set_session(&task, Some(SessionStatus::Active), None)
+                    .await;
+            }
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    async fn run_effects(&self, task: &Task, effects: Vec<TaskEffect>) -> Result<(), Error> {
+        for effect in effects {
+            let (Some(workspace), Some(node)) = (task.workspace_id, task.node_id) else {
+                continue;
+            };
+            match effect {
+                TaskEffect::StopAgent => {
+                    if let Err(e) = self.inner.workspaces.stop_agent(node, workspace).await {
+                        tracing::warn!(task = %task.id, %workspace, error = %e, "could not stop the agent");
+                    }
+                    self.set_workspace(workspace, WorkspaceStatus::Stopped, None)
+                        .await?;
+                }
+                TaskEffect::DestroyWorkspace => {
+                    self.set_workspace(workspace, WorkspaceStatus::Destroying, None)
+                        .await?;
+                    match self
+                        .inner
+                        .workspaces
+                        .destroy_workspace(node, workspace)
+                        .await
+                    {
+                        Ok(DestroyProgress::Destroyed) => {
+                            self.workspace_destroyed(workspace).await?;
+                        }
+                        Ok(DestroyProgress::Requested) => {}
+                        Err(e) => {
+                            tracing::warn!(task = %task.id, %workspace, error = %e, "could not destroy the workspace; the node stays until its max lifetime");
+                        }
+                    }
+                }
+                // Done by `workspace_destroyed` once the node is empty.
+                TaskEffect::ReleaseNode
+                | TaskEffect::AcquireNode
+                | TaskEffect::CreateWorkspace { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The task the workspace runs, if the workspace is the task's current one (a late
+    /// report from an earlier attempt's workspace must not move the new run).
+    async fn current_task_of(&self, workspace: &Workspace) -> Result<Option<TaskId>, Error> {
+        let Some(task_id) = workspace.task_id else {
+            return Ok(None);
+        };
+        let task = self.task(task_id).await?;
+        if task.workspace_id == Some(workspace.id) {
+            Ok(Some(task_id))
+        } else {
+            tracing::info!(task = %task_id, workspace = %workspace.id, "report from a workspace of an earlier attempt");
+            Ok(None)
+        }
+    }
+
+    async fn workspace(&self, id: WorkspaceId) -> Result<Workspace, Error> {
+        self.store()
+            .get_workspace(id)
+            .await?
+            .ok_or_else(|| Error::not_found("workspace", id))
+    }
+
+    /// The workspace's agent started (on `branch`, which may carry a `-2` suffix):
+    /// delegated → in progress. Repeated reports change nothing.
+    pub async fn agent_started(
+        &self,
+        workspace: WorkspaceId,
+        branch: Option<String>,
+    ) -> Result<(), Error> {
+        let ws = self.workspace(workspace).await?;
+        if ws.status == WorkspaceStatus::Creating {
+            self.set_workspace(workspace, WorkspaceStatus::Running, branch.as_deref())
+                .await?;
+        }
+        if let Some(task) = self.current_task_of(&ws).await? {
+            self.finish(task, &TaskEvent::AgentStarted { workspace, branch })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The agent ended cleanly and the work is committed: the task is completed with its
+    /// branch, pull request and summary, the workspace destroyed, the node released warm
+    /// once empty, and the session completed.
+    pub async fn completed(
+        &self,
+        workspace: WorkspaceId,
+        branch: Option<String>,
+        pr_url: Option<String>,
+        summary: Option<String>,
+    ) -> Result<(), Error> {
+        let ws = self.workspace(workspace).await?;
+        if let Some(branch) = branch.as_deref() {
+            self.set_workspace(workspace, ws.status, Some(branch))
+                .await?;
+        }
+        if let Some(task) = self.current_task_of(&ws).await? {
+            let event = TaskEvent::Completed {
+                branch,
+                pr_url,
+                summary,
+            };
+            self.finish(task, &event).await?;
+        }
+        Ok(())
+    }
+
+    /// The agent failed or crashed: the task fails with `error`; the workspace is kept
+    /// (stopped) and the node stays with it.
+    pub async fn failed(&self, workspace: WorkspaceId, error: &str) -> Result<(), Error> {
+        let ws = self.workspace(workspace).await?;
+        if let Some(task) = self.current_task_of(&ws).await? {
+            let reason = error.to_owned();
+            self.finish(task, &TaskEvent::Failed { reason }).await?;
+        }
+        Ok(())
+    }
+
+    /// The node reports the agent's turn cancelled: the task is cancelled (if it was not
+    /// already) and the workspace kept.
+    pub async fn cancelled(&self, workspace: WorkspaceId) -> Result<(), Error> {
+        let ws = self.workspace(workspace).await?;
+        if let Some(task) = self.current_task_of(&ws).await? {
+            self.finish(task, &TaskEvent::Cancel).await?;
+        }
+        self.set_workspace(workspace, WorkspaceStatus::Stopped, None)
+            .await?;
+        Ok(())
+    }
+
+    /// The user cancels a task: cancelled, its agent stopped, its workspace kept. A queued
+    /// task's node, once it comes, goes back to the pool. Cancelling a cancelled task is a
+    /// no-op; a completed or failed one is refused.
+    pub async fn cancel(&self, id: TaskId) -> Result<Task, Error> {
+        if !self.finish(id, &TaskEvent::Cancel).await? {
+            let task = self.task(id).await?;
+            if task.status != TaskStatus::Cancelled {
+                return Err(Error::InvalidTransition {
+                    task: id,
+                    source: TransitionError {
+                        from: task.status,
+                        event: TaskEvent::Cancel.name(),
+                    },
+                });
+            }
+            return Ok(task);
+        }
+        self.task(id).await
+    }
+
+    /// The workspace was removed from its node: recorded, and the node released warm once
+    /// no workspace is left on it and no running task holds it. Idempotent.
+    pub async fn workspace_destroyed(&self, workspace: WorkspaceId) -> Result<(), Error> {
+        let Some(ws) = self
+            .set_workspace(workspace, WorkspaceStatus::Destroyed, None)
+            .await?
+        else {
+            return Err(Error::not_found("workspace", workspace));
+        };
+        let pool = &self.inner.pool;
+        let Some(node) = self.store().get_node(ws.node_id).await? else {
+            return Ok(());
+        };
+        if pool.held_by_running_task(&node).await? {
+            return Ok(());
+        }
+        let left = self
+            .store()
+            .list_workspaces(&kiln_core::WorkspaceQuery {
+                node_id: Some(node.id),
+                statuses: live_workspace_statuses(),
+                ..Default::default()
+            })
+            .await?;
+        if left.is_empty() {
+            match pool.release(node.id).await? {
+                ReleaseOutcome::Warm { until } => {
+                    tracing::info!(node = %node.id, %until, "node empty; released warm");
+                }
+                other => tracing::debug!(node = %node.id, ?other, "node not released"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Fails every task held in `queued` or `delegated` beyond its
+    /// [limit](crate::Settings::task_limits), with a clear reason; returns them.
+    pub async fn tick(&self) -> Result<Vec<Task>, Error> {
+        let limits = self.inner.pool.settings().task_limits;
+        let candidates = self
+            .store()
+            .list_tasks_by_status(&[TaskStatus::Queued, TaskStatus::Delegated])
+            .await?;
+        let mut failed = Vec::new();
+        for task in candidates {
+            match self.finish(task.id, &TaskEvent::Tick(limits)).await {
+                Ok(true) => {
+                    let task = self.task(task.id).await?;
+                    tracing::warn!(task = %task.id, reason = ?task.error_message, "task failed on its transient-state limit");
+                    failed.push(task);
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(task = %task.id, error = %e, "tick could not move the task")
+                }
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Runs [`tick`](Self::tick) every [`task_tick_interval`](crate::Settings::task_tick_interval)
+    /// until `shutdown` completes.
+    pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            if let Err(e) = self.tick().await {
+                tracing::warn!(error = %e, "task tick failed");
+            }
+            let interval = self.inner.pool.settings().task_tick_interval;
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.inner.pool.clock.sleep(interval) => {}
+            }
+        }
+    }
+}
