@@ -1,0 +1,123 @@
+//! The signed-in user, API tokens, and the browser login and logout.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use kiln_core::User;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{
+    BROWSER_TOKEN_NAME, CurrentUser, LOGIN_TOKEN_NAME, SESSION_COOKIE, find_token, issue_token,
+    session_cookie,
+};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::state::AppState;
+
+/// Body of `POST /api/tokens`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateToken {
+    name: String,
+    /// Lifetime in seconds (none: until revoked).
+    #[serde(default)]
+    expires_in_secs: Option<u64>,
+}
+
+/// A new token; the secret is shown only here.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewToken {
+    id: uuid::Uuid,
+    name: String,
+    token: String,
+    expires_at: Option<kiln_core::Timestamp>,
+}
+
+/// Query of `GET /login`.
+#[derive(Debug, Deserialize)]
+pub struct LoginQuery {
+    token: String,
+}
+
+pub(crate) async fn me(user: CurrentUser) -> Json<User> {
+    Json(user.0)
+}
+
+pub(crate) async fn create_token(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> ApiResult<impl IntoResponse> {
+    let name = body.name.trim();
+    if name.is_empty() || name == LOGIN_TOKEN_NAME || name == BROWSER_TOKEN_NAME {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "name must be non-empty and not a reserved name (first-run, browser)",
+        ));
+    }
+    let expires_at = body.expires_in_secs.map(|s| {
+        kiln_core::clock::add_duration(state.clock.now(), std::time::Duration::from_secs(s))
+    });
+    let (token, secret) = issue_token(&state, user.id(), name, expires_at).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(NewToken {
+            id: token.id,
+            name: token.name,
+            token: secret,
+            expires_at,
+        }),
+    ))
+}
+
+/// `GET /login?token=…`: trades a one-time login token for a browser session cookie.
+pub(crate) async fn login(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<LoginQuery>,
+) -> ApiResult<Response> {
+    let token = find_token(&state, &query.token)
+        .await?
+        .filter(|t| t.name == LOGIN_TOKEN_NAME)
+        .ok_or_else(|| ApiError::unauthorized("this login link is invalid, used or expired"))?;
+    // One-time: whoever deletes it first logs in.
+    if !state.store.delete_api_token(token.id).await? {
+        return Err(ApiError::unauthorized("this login link was already used"));
+    }
+    let expires = kiln_core::clock::add_duration(state.clock.now(), state.settings.session_ttl);
+    let (_, secret) = issue_token(&state, token.user_id, BROWSER_TOKEN_NAME, Some(expires)).await?;
+    let cookie = format!(
+        "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
+        state.settings.session_ttl.as_secs(),
+        if state.settings.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        }
+    );
+    let mut response = Redirect::to("/").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    Ok(response)
+}
+
+/// `POST /api/logout`: ends the browser session.
+pub(crate) async fn logout(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    if let Some(secret) = session_cookie(&headers)
+        && let Some(token) = find_token(&state, secret).await?
+    {
+        state.store.delete_api_token(token.id).await?;
+    }
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static("kiln_session=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,194 @@
+//! Chat sessions: list (newest first, `taskId` filter), get, messages by cursor, and a
+//! follow-up prompt into an active session.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use kiln_core::protocol::{NodeCommand, Prompt};
+use kiln_core::{
+    ChatMessage, ChatSession, MessageId, MessagePage, Role, SessionId, SessionQuery, SessionStatus,
+    StoredMessage, TaskId, WorkspaceStatus,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::CurrentUser;
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, parse_id};
+use crate::state::AppState;
+
+/// Default page size of message reads.
+const DEFAULT_PAGE: u32 = 100;
+/// Largest page size of message reads.
+const MAX_PAGE: u32 = 500;
+
+/// Query of `GET /api/projects/{id}/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListSessions {
+    task_id: Option<String>,
+    limit: Option<u32>,
+}
+
+/// Query of `GET /api/sessions/{id}/messages`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListMessages {
+    before: Option<i64>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+/// A page of messages, oldest first.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessagesPage {
+    /// The messages.
+    pub messages: Vec<StoredMessage>,
+    /// Whether more messages lie beyond this page in the direction read.
+    pub has_more: bool,
+}
+
+/// Body of `POST /api/sessions/{id}/prompt`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FollowUp {
+    text: String,
+}
+
+async fn owned_session(state: &AppState, user: &CurrentUser, raw: &str) -> ApiResult<ChatSession> {
+    let id: SessionId = parse_id(raw, "session")?;
+    match state.store.get_session(id).await? {
+        Some(s) if s.owner == user.id() => Ok(s),
+        _ => Err(ApiError::not_found("session")),
+    }
+}
+
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(project_id): Path<String>,
+    ApiQuery(query): ApiQuery<ListSessions>,
+) -> ApiResult<Json<Vec<ChatSession>>> {
+    let project = state
+        .owned_project(user.id(), parse_id(&project_id, "project")?)
+        .await?;
+    let task_id = match query.task_id {
+        Some(raw) => Some(
+            raw.parse::<TaskId>()
+                .map_err(|_| ApiError::bad_request("taskId is not a task id"))?,
+        ),
+        None => None,
+    };
+    Ok(Json(
+        state
+            .store
+            .list_sessions(
+                project.id,
+                &SessionQuery {
+                    task_id,
+                    limit: query.limit,
+                },
+            )
+            .await?,
+    ))
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ChatSession>> {
+    Ok(Json(owned_session(&state, &user, &id).await?))
+}
+
+pub(crate) async fn messages(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<ListMessages>,
+) -> ApiResult<Json<MessagesPage>> {
+    let session = owned_session(&state, &user, &id).await?;
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let page = match (query.before, query.after) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("give before or after, not both"));
+        }
+        (Some(cursor), None) => MessagePage::Before { cursor, limit },
+        (None, Some(cursor)) => MessagePage::After {
+            cursor,
+            limit: limit + 1,
+        },
+        (None, None) => MessagePage::Latest { limit },
+    };
+    let mut messages = state.store.list_messages(session.id, page).await?;
+    let has_more = match page {
+        MessagePage::After { .. } => {
+            let more = messages.len() > limit as usize;
+            messages.truncate(limit as usize);
+            more
+        }
+        _ => messages.first().is_some_and(|m| m.cursor > 1),
+    };
+    Ok(Json(MessagesPage { messages, has_more }))
+}
+
+pub(crate) async fn prompt(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<FollowUp>,
+) -> ApiResult<impl IntoResponse> {
+    let session = owned_session(&state, &user, &id).await?;
+    if body.text.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "text must not be empty",
+        ));
+    }
+    let not_active = || ApiError::conflict("the session has no running agent to prompt");
+    if matches!(
+        session.status,
+        SessionStatus::Completed | SessionStatus::Closed
+    ) {
+        return Err(not_active());
+    }
+    let workspace_id = session.workspace_id.ok_or_else(not_active)?;
+    let workspace = state
+        .store
+        .get_workspace(workspace_id)
+        .await?
+        .filter(|w| w.status == WorkspaceStatus::Running)
+        .ok_or_else(not_active)?;
+    let now = state.clock.now();
+    let message = ChatMessage {
+        id: MessageId::new(),
+        session_id: session.id,
+        role: Role::User,
+        content: body.text.clone(),
+        tool: None,
+        seq: None,
+        created_at: now,
+    };
+    // Stored first so viewers see it at once; the node captures it under the same id.
+    state
+        .store
+        .insert_messages(std::slice::from_ref(&message), now)
+        .await?;
+    state.commands.push(
+        workspace.node_id,
+        NodeCommand::Prompt {
+            workspace_id: workspace.id,
+            prompt: Prompt {
+                message_id: message.id,
+                text: body.text,
+            },
+        },
+    );
+    Ok((StatusCode::ACCEPTED, Json(message)))
+}

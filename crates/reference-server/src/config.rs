@@ -1,0 +1,376 @@
+//! Configuration of `kiln serve`: flags, environment and an optional TOML file, in that
+//! order of precedence, then the defaults below. Every setting works with none of the others.
+//!
+//! | flag | environment | TOML key | default |
+//! |---|---|---|---|
+//! | `--config` | `KILN_CONFIG` | — | none (no file) |
+//! | `--data-dir` | `KILN_DATA_DIR` | `data_dir` | `$HOME/.local/share/kiln` (`./kiln-data` without `HOME`) |
+//! | `--listen` | `KILN_LISTEN` | `listen` | `127.0.0.1:8080` |
+//! | `--database-url` | `KILN_DATABASE_URL` | `database_url` | `sqlite://<data dir>/kiln.db` (`postgres://…` selects PostgreSQL) |
+//! | `--public-url` | `KILN_PUBLIC_URL` | `public_url` | `http://<listen>` (what nodes and login links use) |
+//! | `--secret-key` | `KILN_SECRET_KEY` | `secret_key` | generated into `<data dir>/secret.key` (mode 0600) on first start |
+//! | `--provider` | `KILN_PROVIDER` | `provider` | `local` (`kiln-node` processes on this machine) |
+//! | `--node-command` | `KILN_NODE_COMMAND` | `node_command` | `kiln-node` next to the `kiln` binary, else on `PATH` |
+//! | `--agent-command` | `KILN_AGENT_COMMAND` | `agent_command` | `kiln-demo-agent` next to the `kiln` binary, else on `PATH` |
+//! | `--node-warm-timeout-ms` | `NODE_WARM_TIMEOUT_MS` | `node_warm_timeout_ms` | `1800000` (30 min) |
+//! | `--max-auto-node-lifetime-ms` | `MAX_AUTO_NODE_LIFETIME_MS` | `max_auto_node_lifetime_ms` | `14400000` (4 h) |
+//! | `--node-cleanup-grace-period-ms` | `NODE_CLEANUP_GRACE_PERIOD_MS` | `node_cleanup_grace_period_ms` | `2700000` (45 min) |
+//! | `--sweep-interval-ms` | `KILN_SWEEP_INTERVAL_MS` | `sweep_interval_ms` | `900000` (15 min) |
+//! | `--callback-token-ttl-secs` | `KILN_CALLBACK_TOKEN_TTL_SECS` | `callback_token_ttl_secs` | `86400` (node and workspace tokens) |
+//! | `--session-ttl-secs` | `KILN_SESSION_TTL_SECS` | `session_ttl_secs` | `2592000` (30 days, browser sessions) |
+//! | `--login-link` | `KILN_LOGIN_LINK` | `login_link` | `true` (print a one-time login link at start) |
+//! | `--shutdown-grace-ms` | `KILN_SHUTDOWN_GRACE_MS` | `shutdown_grace_ms` | `10000` (in-flight requests at shutdown) |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The settings of `kiln serve` as given (flags and environment); unset ones come from the
+/// TOML file, then the defaults.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the settings below (snake_case keys).
+    #[arg(long, env = "KILN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Where Kiln keeps its SQLite database, secret key and node files.
+    /// Default: $HOME/.local/share/kiln.
+    #[arg(long, env = "KILN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address the API and UI listen on. Default: 127.0.0.1:8080.
+    #[arg(long, env = "KILN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// `sqlite://path` or `postgres://…`. Default: sqlite://<data dir>/kiln.db.
+    #[arg(long, env = "KILN_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The URL nodes and browsers reach this server at. Default: http://<listen>.
+    #[arg(long, env = "KILN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Key for signing callback tokens. Default: generated into <data dir>/secret.key.
+    #[arg(long, env = "KILN_SECRET_KEY", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Node provider: `local`. Default: local.
+    #[arg(long, env = "KILN_PROVIDER")]
+    pub provider: Option<String>,
+    /// The agent host binary the local provider starts. Default: kiln-node.
+    #[arg(long, env = "KILN_NODE_COMMAND")]
+    pub node_command: Option<String>,
+    /// The ACP agent command nodes run. Default: kiln-demo-agent.
+    #[arg(long, env = "KILN_AGENT_COMMAND")]
+    pub agent_command: Option<String>,
+    /// How long an idle auto-provisioned node stays warm. Default: 1800000.
+    #[arg(long, env = "NODE_WARM_TIMEOUT_MS")]
+    pub node_warm_timeout_ms: Option<u64>,
+    /// The longest an auto-provisioned node lives. Default: 14400000.
+    #[arg(long, env = "MAX_AUTO_NODE_LIFETIME_MS")]
+    pub max_auto_node_lifetime_ms: Option<u64>,
+    /// How long past its deadline a warm node may linger before the sweep deletes it.
+    /// Default: 2700000.
+    #[arg(long, env = "NODE_CLEANUP_GRACE_PERIOD_MS")]
+    pub node_cleanup_grace_period_ms: Option<u64>,
+    /// How often the reconciliation sweep runs. Default: 900000.
+    #[arg(long, env = "KILN_SWEEP_INTERVAL_MS")]
+    pub sweep_interval_ms: Option<u64>,
+    /// Lifetime of node and workspace callback tokens. Default: 86400.
+    #[arg(long, env = "KILN_CALLBACK_TOKEN_TTL_SECS")]
+    pub callback_token_ttl_secs: Option<u64>,
+    /// Lifetime of a browser session. Default: 2592000.
+    #[arg(long, env = "KILN_SESSION_TTL_SECS")]
+    pub session_ttl_secs: Option<u64>,
+    /// Print a one-time login link at start. Default: true.
+    #[arg(long, env = "KILN_LOGIN_LINK")]
+    pub login_link: Option<bool>,
+    /// How long shutdown waits for in-flight requests. Default: 10000.
+    #[arg(long, env = "KILN_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+}
+
+/// The TOML file: the same settings, snake_case.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    database_url: Option<String>,
+    public_url: Option<String>,
+    secret_key: Option<String>,
+    provider: Option<String>,
+    node_command: Option<String>,
+    agent_command: Option<String>,
+    node_warm_timeout_ms: Option<u64>,
+    max_auto_node_lifetime_ms: Option<u64>,
+    node_cleanup_grace_period_ms: Option<u64>,
+    sweep_interval_ms: Option<u64>,
+    callback_token_ttl_secs: Option<u64>,
+    session_ttl_secs: Option<u64>,
+    login_link: Option<bool>,
+    shutdown_grace_ms: Option<u64>,
+}
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The TOML file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML file is not valid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: Box<toml::de::Error>,
+    },
+    /// A value is out of range.
+    #[error("invalid setting {name}: {message}")]
+    Invalid {
+        /// The setting.
+        name: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+/// The resolved configuration of a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Database URL.
+    pub database_url: String,
+    /// Public URL, without a trailing slash.
+    pub public_url: String,
+    /// The explicit secret key, if given (else read or generated in the data directory).
+    pub secret_key: Option<String>,
+    /// Node provider name.
+    pub provider: String,
+    /// Agent host binary.
+    pub node_command: String,
+    /// Agent command.
+    pub agent_command: String,
+    /// Warm timeout.
+    pub node_warm_timeout: Duration,
+    /// Max node lifetime.
+    pub max_auto_node_lifetime: Duration,
+    /// Cleanup grace period.
+    pub node_cleanup_grace_period: Duration,
+    /// Sweep interval.
+    pub sweep_interval: Duration,
+    /// Callback token lifetime.
+    pub callback_token_ttl: Duration,
+    /// Browser session lifetime.
+    pub session_ttl: Duration,
+    /// Whether to print a login link at start.
+    pub login_link: bool,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::resolve(ServeArgs::default()).expect("defaults are valid")
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) if !home.is_empty() => PathBuf::from(home).join(".local/share/kiln"),
+        _ => PathBuf::from("kiln-data"),
+    }
+}
+
+/// The path of a sibling binary of the running executable, or the bare name for `PATH`.
+fn sibling_binary(name: &str) -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
+        .filter(|p| p.is_file())
+        .map_or_else(|| name.to_owned(), |p| p.display().to_string())
+}
+
+impl Config {
+    /// Resolves flags/environment over the TOML file (if any) over the defaults.
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(default_data_dir);
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let database_url = args
+            .database_url
+            .or(file.database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("kiln.db").display()));
+        let public_url = args
+            .public_url
+            .or(file.public_url)
+            .unwrap_or_else(|| format!("http://{listen}"))
+            .trim_end_matches('/')
+            .to_owned();
+        let provider = args
+            .provider
+            .or(file.provider)
+            .unwrap_or_else(|| "local".into());
+        if provider != "local" {
+            return Err(ConfigError::Invalid {
+                name: "provider",
+                message: format!("unknown provider {provider:?}; expected: local"),
+            });
+        }
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::Invalid {
+                name: "database_url",
+                message: "expected sqlite://… or postgres://…".into(),
+            });
+        }
+        let ms =
+            |v: Option<u64>, f: Option<u64>, d: u64| Duration::from_millis(v.or(f).unwrap_or(d));
+        let secs =
+            |v: Option<u64>, f: Option<u64>, d: u64| Duration::from_secs(v.or(f).unwrap_or(d));
+        let config = Self {
+            listen,
+            database_url,
+            public_url,
+            secret_key: args.secret_key.or(file.secret_key),
+            provider,
+            node_command: args
+                .node_command
+                .or(file.node_command)
+                .unwrap_or_else(|| sibling_binary("kiln-node")),
+            agent_command: args
+                .agent_command
+                .or(file.agent_command)
+                .unwrap_or_else(|| sibling_binary("kiln-demo-agent")),
+            node_warm_timeout: ms(
+                args.node_warm_timeout_ms,
+                file.node_warm_timeout_ms,
+                1_800_000,
+            ),
+            max_auto_node_lifetime: ms(
+                args.max_auto_node_lifetime_ms,
+                file.max_auto_node_lifetime_ms,
+                14_400_000,
+            ),
+            node_cleanup_grace_period: ms(
+                args.node_cleanup_grace_period_ms,
+                file.node_cleanup_grace_period_ms,
+                2_700_000,
+            ),
+            sweep_interval: ms(args.sweep_interval_ms, file.sweep_interval_ms, 900_000),
+            callback_token_ttl: secs(
+                args.callback_token_ttl_secs,
+                file.callback_token_ttl_secs,
+                86_400,
+            ),
+            session_ttl: secs(args.session_ttl_secs, file.session_ttl_secs, 2_592_000),
+            login_link: args.login_link.or(file.login_link).unwrap_or(true),
+            shutdown_grace: ms(args.shutdown_grace_ms, file.shutdown_grace_ms, 10_000),
+            data_dir,
+        };
+        if config.sweep_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "sweep_interval_ms",
+                message: "must be positive".into(),
+            });
+        }
+        if config.callback_token_ttl.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "callback_token_ttl_secs",
+                message: "must be positive".into(),
+            });
+        }
+        Ok(config)
+    }
+
+    /// Whether the database is PostgreSQL.
+    #[must_use]
+    pub fn is_postgres(&self) -> bool {
+        self.database_url.starts_with("postgres")
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_settings() {
+        let c = Config::resolve(ServeArgs {
+            data_dir: Some("/tmp/kd".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.database_url, "sqlite:///tmp/kd/kiln.db");
+        assert_eq!(c.public_url, "http://127.0.0.1:8080");
+        assert_eq!(c.node_warm_timeout, Duration::from_secs(1800));
+        assert_eq!(c.sweep_interval, Duration::from_secs(900));
+        assert!(c.login_link);
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:9000\"\nnode_warm_timeout_ms = 5\ndatabase_url = \"postgres://x/y\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path.clone()),
+            node_warm_timeout_ms: Some(7),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.public_url, "http://127.0.0.1:9000");
+        assert_eq!(c.node_warm_timeout, Duration::from_millis(7));
+        assert!(c.is_postgres());
+        std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let err = Config::resolve(ServeArgs {
+            database_url: Some("mysql://x".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("database_url"));
+    }
+}

@@ -1,0 +1,134 @@
+//! The shared state of every handler, and the boundary to the task runner.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kiln_core::protocol::WorkspaceEvent;
+use kiln_core::{
+    Change, LifecycleClock, NodeId, ProjectId, Store, StoreEvent, Task, TaskId, UserId,
+};
+
+use crate::commands::CommandQueues;
+use crate::error::ApiError;
+use crate::live::LiveHub;
+use crate::tokens::TokenSigner;
+
+/// What the API asks of the task runner. The API applies the user's own transitions (run,
+/// re-run, cancel) to the stored task with a compare-and-set, then tells the driver, which
+/// acquires nodes, starts and stops workspaces, and applies what nodes report.
+#[async_trait]
+pub trait TaskDriver: Send + Sync + fmt::Debug + 'static {
+    /// The task was just moved to `queued`: acquire a node and start it.
+    async fn queued(&self, task: &Task);
+    /// The task was just cancelled by its user: stop its agent if one runs (the workspace
+    /// is kept).
+    async fn cancelled(&self, task: &Task);
+    /// A node's agent host said hello (it is ready).
+    async fn node_ready(&self, node: NodeId) -> Result<(), ApiError>;
+    /// A node reported what happened to one of its workspaces.
+    async fn workspace_event(&self, node: NodeId, event: &WorkspaceEvent) -> Result<(), ApiError>;
+}
+
+/// Settings the handlers read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The URL browsers and nodes reach this server at.
+    pub public_url: String,
+    /// Lifetime of a browser session cookie.
+    pub session_ttl: Duration,
+    /// Lifetime of callback tokens.
+    pub callback_token_ttl: Duration,
+    /// Whether session cookies carry `Secure` (the public URL is https).
+    pub secure_cookies: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
+            session_ttl: Duration::from_secs(30 * 24 * 3600),
+            callback_token_ttl: Duration::from_secs(24 * 3600),
+            secure_cookies: false,
+        }
+    }
+}
+
+/// Everything a handler needs.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence and the change feed.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn LifecycleClock>,
+    /// Callback token signer.
+    pub signer: TokenSigner,
+    /// Node command queues.
+    pub commands: Arc<CommandQueues>,
+    /// Live deltas.
+    pub live: Arc<LiveHub>,
+    /// The task runner.
+    pub driver: Arc<dyn TaskDriver>,
+    /// Settings.
+    pub settings: Arc<Settings>,
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("store", &self.store)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Announces a change on the feed; a failure is logged (viewers catch up on reload).
+    pub async fn announce(&self, owner: UserId, project_id: Option<ProjectId>, change: Change) {
+        let event = StoreEvent {
+            owner,
+            project_id,
+            change,
+        };
+        if let Err(err) = self.store.publish(&event).await {
+            tracing::warn!(%err, ?event, "could not publish a change");
+        }
+    }
+
+    /// Announces a task change.
+    pub async fn announce_task(&self, task: &Task) {
+        self.announce(
+            task.owner,
+            Some(task.project_id),
+            Change::Task { task_id: task.id },
+        )
+        .await;
+    }
+
+    /// The callback token lifetime as a chrono duration.
+    #[must_use]
+    pub fn token_expiry(&self) -> kiln_core::Timestamp {
+        kiln_core::clock::add_duration(self.clock.now(), self.settings.callback_token_ttl)
+    }
+
+    /// Reads a task of `owner`, or 404.
+    pub async fn owned_task(&self, owner: UserId, id: TaskId) -> Result<Task, ApiError> {
+        match self.store.get_task(id).await? {
+            Some(t) if t.owner == owner => Ok(t),
+            _ => Err(ApiError::not_found("task")),
+        }
+    }
+
+    /// Reads a project of `owner`, or 404.
+    pub async fn owned_project(
+        &self,
+        owner: UserId,
+        id: ProjectId,
+    ) -> Result<kiln_core::Project, ApiError> {
+        match self.store.get_project(id).await? {
+            Some(p) if p.owner == owner => Ok(p),
+            _ => Err(ApiError::not_found("project")),
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! A real server on 127.0.0.1 over a memory store, with a driver that records what it is
+//! told, and helpers for users, nodes and workspaces.
+#![allow(dead_code, missing_docs)]
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use kiln_core::memory::MemoryStore;
+use kiln_core::protocol::WorkspaceEvent;
+use kiln_core::{
+    LifecycleClock, Node, NodeId, NodeState, NodeStore, Project, SessionStore, SystemClock, Task,
+    TaskStore, User, UserId, UserStore, VmSize, Workspace, WorkspaceId, WorkspaceStatus,
+};
+use kiln_server::auth::{LOGIN_TOKEN_NAME, issue_token};
+use kiln_server::commands::CommandQueues;
+use kiln_server::live::LiveHub;
+use kiln_server::tokens::TokenSigner;
+use kiln_server::{ApiError, AppState, Settings, TaskDriver, app};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    Queued(kiln_core::TaskId),
+    Cancelled(kiln_core::TaskId),
+    NodeReady(NodeId),
+    Event(NodeId, WorkspaceEvent),
+}
+
+#[derive(Debug, Default)]
+pub struct RecordingDriver {
+    pub calls: Mutex<Vec<Call>>,
+}
+
+impl RecordingDriver {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl TaskDriver for RecordingDriver {
+    async fn queued(&self, task: &Task) {
+        self.calls.lock().unwrap().push(Call::Queued(task.id));
+    }
+    async fn cancelled(&self, task: &Task) {
+        self.calls.lock().unwrap().push(Call::Cancelled(task.id));
+    }
+    async fn node_ready(&self, node: NodeId) -> Result<(), ApiError> {
+        self.calls.lock().unwrap().push(Call::NodeReady(node));
+        Ok(())
+    }
+    async fn workspace_event(&self, node: NodeId, event: &WorkspaceEvent) -> Result<(), ApiError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(Call::Event(node, event.clone()));
+        Ok(())
+    }
+}
+
+pub struct TestServer {
+    pub url: String,
+    pub state: AppState,
+    pub store: Arc<MemoryStore>,
+    pub driver: Arc<RecordingDriver>,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        let store = Arc::new(MemoryStore::new());
+        let driver = Arc::new(RecordingDriver::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = AppState {
+            store: store.clone(),
+            clock: Arc::new(SystemClock),
+            signer: TokenSigner::new(b"test-secret-key-of-32-bytes-long".to_vec()),
+            commands: Arc::new(CommandQueues::new()),
+            live: Arc::new(LiveHub::default()),
+            driver: driver.clone(),
+            settings: Arc::new(Settings {
+                public_url: url.clone(),
+                ..Settings::default()
+            }),
+        };
+        let router = app(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        Self {
+            url,
+            state,
+            store,
+            driver,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// A new user and an API token for it.
+    pub async fn user(&self, name: &str) -> (User, String) {
+        let user = User {
+            id: UserId::new(),
+            name: name.into(),
+            created_at: self.state.clock.now(),
+        };
+        self.store.create_user(&user).await.unwrap();
+        let (_, secret) = issue_token(&self.state, user.id, "cli", None)
+            .await
+            .unwrap();
+        (user, secret)
+    }
+
+    /// A one-time login token for a user.
+    pub async fn login_token(&self, user: UserId) -> String {
+        issue_token(&self.state, user, LOGIN_TOKEN_NAME, None)
+            .await
+            .unwrap()
+            .1
+    }
+
+    pub async fn project(&self, token: &str) -> Project {
+        let r = self
+            .http
+            .post(self.url("/api/projects"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"name": "demo", "repositoryUrl": "/tmp/repo"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json().await.unwrap()
+    }
+
+    pub async fn task(&self, token: &str, project: &Project, run_now: bool) -> Task {
+        let r = self
+            .http
+            .post(self.url(&format!("/api/projects/{}/tasks", project.id)))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"description": "Fix the bug\nin login", "runNow": run_now}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        r.json().await.unwrap()
+    }
+
+    /// An active node of `owner` and its node token.
+    pub async fn node(&self, owner: UserId) -> (Node, String) {
+        let now = self.state.clock.now();
+        let node = Node {
+            id: NodeId::new(),
+            owner,
+            size: VmSize::Small,
+            location: None,
+            provider: "test".into(),
+            provider_id: None,
+            state: NodeState::Provisioning,
+            warm_until: None,
+            claimed_by: None,
+            auto_provisioned: true,
+            last_heartbeat_at: None,
+            error_message: None,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_node(&node).await.unwrap();
+        let node = self.store.mark_node_ready(node.id, now).await.unwrap();
+        let token = self
+            .state
+            .signer
+            .node_token(node.id, now, self.state.token_expiry());
+        (node, token)
+    }
+
+    /// A running workspace for `task` on `node` and its workspace token.
+    pub async fn workspace(&self, node: &Node, task: &Task) -> (Workspace, String) {
+        let now = self.state.clock.now();
+        let ws = Workspace {
+            id: WorkspaceId::new(),
+            node_id: node.id,
+            owner: task.owner,
+            project_id: Some(task.project_id),
+            task_id: Some(task.id),
+            session_id: task.session_id,
+            branch: None,
+            status: WorkspaceStatus::Running,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.create_workspace(&ws).await.unwrap();
+        let token =
+            self.state
+                .signer
+                .workspace_token(node.id, ws.id, now, self.state.token_expiry());
+        (ws, token)
+    }
+
+    pub async fn attach(&self, task: &Task, ws: &Workspace) {
+        self.store
+            .update_session(
+                task.session_id.unwrap(),
+                &kiln_core::SessionPatch {
+                    status: Some(kiln_core::SessionStatus::Active),
+                    workspace_id: Some(Some(ws.id)),
+                    topic: None,
+                },
+                self.state.clock.now(),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn get_task(&self, id: kiln_core::TaskId) -> Task {
+        self.store.get_task(id).await.unwrap().unwrap()
+    }
+}
+
+/// Reads an error body and checks its shape.
+pub async fn error_code(r: reqwest::Response) -> (u16, serde_json::Value) {
+    let status = r.status().as_u16();
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/json"),
+        "status {status}: errors are JSON"
+    );
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"].is_string() && body["message"].is_string(),
+        "{body}"
+    );
+    (status, body)
+}
