@@ -1,0 +1,2 @@
+//! Outbox benchmark (filled in below).
+fn main() {}

@@ -1,0 +1,756 @@
+//! The single writer thread: it owns the write connection and turns everything queued by
+//! producers and the flusher into one `BEGIN IMMEDIATE … COMMIT` (group commit), then
+//! answers every waiter of the group. A failed commit fails every waiter of its group.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use kiln_core::{LifecycleClock, MessageId, Role};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{Notify, oneshot};
+
+use crate::error::OutboxError;
+
+/// A row to insert, already encoded by the producer (off the writer thread).
+#[derive(Debug, Clone)]
+pub(crate) struct NewRow {
+    pub id: MessageId,
+    pub session: String,
+    pub role: &'static str,
+    pub content: String,
+    pub tool: Option<String>,
+    pub created_at: String,
+}
+
+/// Where an enqueue goes: the workspace (route) and, optionally, its project.
+#[derive(Debug, Clone)]
+pub(crate) struct RouteKey {
+    pub workspace: String,
+    pub project: Option<String>,
+}
+
+/// The identity of one stored row: compare-and-set on both the position and the id, so an
+/// acknowledgement can only ever delete the very row that was sent.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct RowKey {
+    pub pos: i64,
+    pub id: String,
+}
+
+/// Why a message left the outbox without being delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DropReason {
+    /// Evicted (oldest first) because the outbox reached `MSG_OUTBOX_MAX_SIZE`.
+    Overflow,
+    /// The receiver rejected it on its merits (400/422).
+    Rejected,
+    /// Too large for the receiver even alone (413 for a single message).
+    TooLarge,
+    /// Its stored row could not be decoded.
+    Corrupt,
+}
+
+impl DropReason {
+    /// Its name in the `dead` table and in logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Overflow => "overflow",
+            Self::Rejected => "rejected",
+            Self::TooLarge => "too_large",
+            Self::Corrupt => "corrupt",
+        }
+    }
+
+    fn notice(self, count: i64, detail: &str) -> String {
+        let what = if count == 1 {
+            "1 message was dropped".to_owned()
+        } else {
+            format!("{count} messages were dropped")
+        };
+        match self {
+            Self::Overflow => format!("{what} because the outbox was full."),
+            Self::Rejected => format!("{what}: the receiver rejected it ({detail})."),
+            Self::TooLarge => format!("{what}: too large for the receiver ({detail})."),
+            Self::Corrupt => format!("{what}: it could not be read back from the outbox."),
+        }
+    }
+}
+
+/// A row the flusher drops.
+#[derive(Debug, Clone)]
+pub(crate) struct DropRow {
+    pub key: RowKey,
+    pub reason: DropReason,
+    pub detail: String,
+}
+
+/// A failed attempt to remember (attempts, last error, when to try the route again).
+#[derive(Debug, Clone)]
+pub(crate) struct RetryMark {
+    pub workspace: String,
+    pub rows: Vec<RowKey>,
+    pub next_attempt_ms: i64,
+    pub error: String,
+}
+
+/// What the flusher learnt from one delivery step.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Settle {
+    pub delivered: Vec<RowKey>,
+    pub dropped: Vec<DropRow>,
+    pub retry: Option<RetryMark>,
+}
+
+/// What a settle changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SettleOutcome {
+    pub deleted: u64,
+    pub dropped: u64,
+}
+
+/// The receipt of one enqueued message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Receipt {
+    /// The message id.
+    pub id: MessageId,
+    /// Its per-session sequence number (1-based, contiguous, never reused).
+    pub seq: i64,
+    /// The id was already pending in the outbox; nothing new was written.
+    pub duplicate: bool,
+}
+
+pub(crate) enum Command {
+    Enqueue {
+        route: RouteKey,
+        rows: Vec<NewRow>,
+        reply: oneshot::Sender<Result<Vec<Receipt>, OutboxError>>,
+    },
+    Settle {
+        settle: Settle,
+        reply: oneshot::Sender<Result<SettleOutcome, OutboxError>>,
+    },
+}
+
+impl Command {
+    fn weight(&self) -> usize {
+        match self {
+            Self::Enqueue { rows, .. } => rows.len().max(1),
+            Self::Settle { settle, .. } => (settle.delivered.len() + settle.dropped.len()).max(1),
+        }
+    }
+}
+
+/// Counters shared by the writer (which updates them after each commit) and the metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub enqueued: AtomicU64,
+    pub enqueue_duplicates: AtomicU64,
+    pub notices: AtomicU64,
+    pub delivered: AtomicU64,
+    pub dropped_overflow: AtomicU64,
+    pub dropped_rejected: AtomicU64,
+    pub dropped_too_large: AtomicU64,
+    pub dropped_corrupt: AtomicU64,
+    pub pending: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+impl Counters {
+    fn dropped(&self, reason: DropReason) -> &AtomicU64 {
+        match reason {
+            DropReason::Overflow => &self.dropped_overflow,
+            DropReason::Rejected => &self.dropped_rejected,
+            DropReason::TooLarge => &self.dropped_too_large,
+            DropReason::Corrupt => &self.dropped_corrupt,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SessionSeq {
+    workspace: String,
+    next_seq: i64,
+}
+
+/// Changes made by the commands of one group, applied to the writer's caches only once the
+/// group has committed.
+#[derive(Debug, Default)]
+struct Delta {
+    sessions: HashMap<String, SessionSeq>,
+    pending: i64,
+    enqueued: u64,
+    enqueue_duplicates: u64,
+    notices: u64,
+    delivered: u64,
+    dropped: HashMap<DropReason, u64>,
+    dead_added: bool,
+}
+
+impl Delta {
+    fn absorb(&mut self, other: Delta) {
+        self.sessions.extend(other.sessions);
+        self.pending += other.pending;
+        self.enqueued += other.enqueued;
+        self.enqueue_duplicates += other.enqueue_duplicates;
+        self.notices += other.notices;
+        self.delivered += other.delivered;
+        for (reason, n) in other.dropped {
+            *self.dropped.entry(reason).or_default() += n;
+        }
+        self.dead_added |= other.dead_added;
+    }
+}
+
+pub(crate) struct WriterLimits {
+    pub max_size: u64,
+    pub dead_max_rows: usize,
+    pub group_max_rows: usize,
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    rx: Receiver<Command>,
+    counters: Arc<Counters>,
+    notify: Arc<Notify>,
+    clock: Arc<dyn LifecycleClock>,
+    sessions: HashMap<String, SessionSeq>,
+    limits: WriterLimits,
+    /// Test hook: the next N commits fail as if SQLite had refused them.
+    fail_commits: Arc<AtomicU32>,
+}
+
+type Reply = Box<dyn FnOnce(Result<(), OutboxError>) + Send>;
+
+impl Writer {
+    pub(crate) fn new(
+        conn: Connection,
+        rx: Receiver<Command>,
+        counters: Arc<Counters>,
+        notify: Arc<Notify>,
+        clock: Arc<dyn LifecycleClock>,
+        limits: WriterLimits,
+        fail_commits: Arc<AtomicU32>,
+    ) -> Result<Self, OutboxError> {
+        let pending: i64 =
+            conn.query_row("SELECT COUNT(*) FROM message_outbox", [], |r| r.get(0))?;
+        counters
+            .pending
+            .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+        Ok(Self {
+            conn,
+            rx,
+            counters,
+            notify,
+            clock,
+            sessions: HashMap::new(),
+            limits,
+            fail_commits,
+        })
+    }
+
+    /// Runs until every sender is gone, committing whatever was queued.
+    pub(crate) fn run(mut self) {
+        while let Ok(first) = self.rx.recv() {
+            let mut weight = first.weight();
+            let mut group = vec![first];
+            while weight < self.limits.group_max_rows {
+                match self.rx.try_recv() {
+                    Ok(cmd) => {
+                        weight += cmd.weight();
+                        group.push(cmd);
+                    }
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Command>) {
+        let mut total = Delta::default();
+        let mut replies: Vec<(Reply, Result<(), OutboxError>)> = Vec::with_capacity(group.len());
+        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
+        if let Err(e) = began {
+            let err = OutboxError::from(e);
+            for cmd in group {
+                Self::into_reply(cmd, None, None)(Err(err.clone()));
+            }
+            return;
+        }
+        for cmd in group {
+            let (reply, result) = self.apply_isolated(cmd, &mut total);
+            replies.push((reply, result));
+        }
+        let committed = self
+            .evict_overflow(&mut total)
+            .and_then(|()| self.trim_dead(&total))
+            .and_then(|()| self.store_sessions(&total))
+            .and_then(|()| self.commit());
+        match committed {
+            Ok(()) => {
+                self.publish(total);
+                for (reply, result) in replies {
+                    reply(result);
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                tracing::error!(error = %e, "outbox group commit failed; every waiter is told");
+                let err = OutboxError::Storage(format!("commit failed: {e}"));
+                for (reply, _) in replies {
+                    reply(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), OutboxError> {
+        let injected = self
+            .fail_commits
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if injected {
+            return Err(OutboxError::Storage("injected commit failure".into()));
+        }
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn publish(&mut self, total: Delta) {
+        let c = &self.counters;
+        self.sessions.extend(total.sessions);
+        c.commits.fetch_add(1, Ordering::Relaxed);
+        c.enqueued.fetch_add(total.enqueued, Ordering::Relaxed);
+        c.enqueue_duplicates
+            .fetch_add(total.enqueue_duplicates, Ordering::Relaxed);
+        c.notices.fetch_add(total.notices, Ordering::Relaxed);
+        c.delivered.fetch_add(total.delivered, Ordering::Relaxed);
+        for (reason, n) in total.dropped {
+            c.dropped(reason).fetch_add(n, Ordering::Relaxed);
+        }
+        let pending = i64::try_from(c.pending.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+        c.pending.store(
+            u64::try_from(pending + total.pending).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        if total.enqueued > 0 || total.notices > 0 {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Applies one command inside its own savepoint: a failing command is rolled back and
+    /// answered with its error without disturbing the rest of the group.
+    fn apply_isolated(
+        &mut self,
+        cmd: Command,
+        total: &mut Delta,
+    ) -> (Reply, Result<(), OutboxError>) {
+        if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
+            return (Self::into_reply(cmd, None, None), Err(e.into()));
+        }
+        let mut delta = Delta::default();
+        let (receipts, outcome, result) = match &cmd {
+            Command::Enqueue { route, rows, .. } => {
+                match self.insert(route, rows, total, &mut delta) {
+                    Ok(r) => (Some(r), None, Ok(())),
+                    Err(e) => (None, None, Err(e)),
+                }
+            }
+            Command::Settle { settle, .. } => match self.settle(settle, total, &mut delta) {
+                Ok(o) => (None, Some(o), Ok(())),
+                Err(e) => (None, None, Err(e)),
+            },
+        };
+        let result = match result {
+            Ok(()) => self
+                .conn
+                .execute_batch("RELEASE cmd")
+                .map_err(OutboxError::from)
+                .map(|()| total.absorb(delta)),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
+                Err(e)
+            }
+        };
+        (Self::into_reply(cmd, receipts, outcome), result)
+    }
+
+    /// Turns a command into a one-shot answer function carrying its success value.
+    fn into_reply(
+        cmd: Command,
+        receipts: Option<Vec<Receipt>>,
+        outcome: Option<SettleOutcome>,
+    ) -> Reply {
+        match cmd {
+            Command::Enqueue { reply, .. } => Box::new(move |r: Result<(), OutboxError>| {
+                let _ = reply.send(r.and_then(|()| receipts.ok_or(OutboxError::Closed)));
+            }),
+            Command::Settle { reply, .. } => Box::new(move |r: Result<(), OutboxError>| {
+                let _ = reply.send(r.map(|()| outcome.unwrap_or_default()));
+            }),
+        }
+    }
+
+    /// The session's next seq as this group sees it: pending changes first, then the cache,
+    /// then the table.
+    fn session_state(
+        &mut self,
+        session: &str,
+        total: &Delta,
+        delta: &Delta,
+    ) -> Result<Option<SessionSeq>, OutboxError> {
+        if let Some(s) = delta
+            .sessions
+            .get(session)
+            .or_else(|| total.sessions.get(session))
+        {
+            return Ok(Some(s.clone()));
+        }
+        if let Some(s) = self.sessions.get(session) {
+            return Ok(Some(s.clone()));
+        }
+        let found = self
+            .conn
+            .prepare_cached("SELECT workspace, next_seq FROM sessions WHERE session_id = ?1")?
+            .query_row([session], |r| {
+                Ok(SessionSeq {
+                    workspace: r.get(0)?,
+                    next_seq: r.get(1)?,
+                })
+            })
+            .optional()?;
+        if let Some(s) = &found {
+            self.sessions.insert(session.to_owned(), s.clone());
+        }
+        Ok(found)
+    }
+
+    fn alloc_seq(
+        &mut self,
+        session: &str,
+        workspace: &str,
+        total: &Delta,
+        delta: &mut Delta,
+    ) -> Result<i64, OutboxError> {
+        let state = self.session_state(session, total, delta)?;
+        let state = match state {
+            Some(s) if s.workspace != workspace => {
+                return Err(OutboxError::SessionRouteMismatch {
+                    session: session.to_owned(),
+                    existing: s.workspace,
+                    requested: workspace.to_owned(),
+                });
+            }
+            Some(s) => s,
+            None => SessionSeq {
+                workspace: workspace.to_owned(),
+                next_seq: 1,
+            },
+        };
+        let seq = state.next_seq;
+        delta.sessions.insert(
+            session.to_owned(),
+            SessionSeq {
+                workspace: state.workspace,
+                next_seq: seq + 1,
+            },
+        );
+        Ok(seq)
+    }
+
+    fn insert(
+        &mut self,
+        route: &RouteKey,
+        rows: &[NewRow],
+        total: &Delta,
+        delta: &mut Delta,
+    ) -> Result<Vec<Receipt>, OutboxError> {
+        let mut receipts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let id = row.id.to_string();
+            let existing: Option<i64> = self
+                .conn
+                .prepare_cached("SELECT seq FROM message_outbox WHERE id = ?1")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?;
+            if let Some(seq) = existing {
+                delta.enqueue_duplicates += 1;
+                receipts.push(Receipt {
+                    id: row.id,
+                    seq,
+                    duplicate: true,
+                });
+                continue;
+            }
+            let seq = self.alloc_seq(&row.session, &route.workspace, total, delta)?;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO message_outbox \
+                     (id, workspace, project, session_id, seq, role, content, tool, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?
+                .execute(params![
+                    id,
+                    route.workspace,
+                    route.project,
+                    row.session,
+                    seq,
+                    row.role,
+                    row.content,
+                    row.tool,
+                    row.created_at
+                ])?;
+            delta.enqueued += 1;
+            delta.pending += 1;
+            receipts.push(Receipt {
+                id: row.id,
+                seq,
+                duplicate: false,
+            });
+        }
+        Ok(receipts)
+    }
+
+    fn settle(
+        &mut self,
+        settle: &Settle,
+        total: &Delta,
+        delta: &mut Delta,
+    ) -> Result<SettleOutcome, OutboxError> {
+        let mut outcome = SettleOutcome::default();
+        for key in &settle.delivered {
+            let n = self
+                .conn
+                .prepare_cached("DELETE FROM message_outbox WHERE pos = ?1 AND id = ?2")?
+                .execute(params![key.pos, key.id])?;
+            outcome.deleted += n as u64;
+        }
+        delta.delivered += outcome.deleted;
+        delta.pending -= i64::try_from(outcome.deleted).unwrap_or(0);
+        let now = self.clock.now();
+        let now_ms = now.timestamp_millis();
+        let mut notices: HashMap<(String, String, DropReason), (i64, String)> = HashMap::new();
+        for drop in &settle.dropped {
+            if let Some(moved) = self.move_to_dead(&drop.key, drop.reason, &drop.detail, now_ms)? {
+                outcome.dropped += 1;
+                delta.pending -= 1;
+                delta.dead_added = true;
+                *delta.dropped.entry(drop.reason).or_default() += 1;
+                if moved.kind == "message" && moved.session.parse::<uuid::Uuid>().is_ok() {
+                    let e = notices
+                        .entry((moved.session, moved.workspace, drop.reason))
+                        .or_insert((0, drop.detail.clone()));
+                    e.0 += 1;
+                }
+            }
+        }
+        let mut notices: Vec<_> = notices.into_iter().collect();
+        notices.sort_by(|a, b| a.0.cmp(&b.0));
+        for ((session, workspace, reason), (count, detail)) in notices {
+            let content = reason.notice(count, &detail);
+            self.insert_notice(&session, &workspace, None, &content, 0, total, delta)?;
+        }
+        if let Some(retry) = &settle.retry {
+            for key in &retry.rows {
+                self.conn
+                    .prepare_cached(
+                        "UPDATE message_outbox SET attempts = attempts + 1, \
+                         last_attempt_at = ?1, last_error = ?2 WHERE pos = ?3 AND id = ?4",
+                    )?
+                    .execute(params![now_ms, retry.error, key.pos, key.id])?;
+            }
+            self.conn
+                .prepare_cached(
+                    "UPDATE message_outbox SET next_attempt_at = ?1 WHERE workspace = ?2",
+                )?
+                .execute(params![retry.next_attempt_ms, retry.workspace])?;
+        }
+        Ok(outcome)
+    }
+
+    #[allow(clippy::too_many_arguments)] // One call site per notice kind; a struct adds nothing.
+    fn insert_notice(
+        &mut self,
+        session: &str,
+        workspace: &str,
+        project: Option<&str>,
+        content: &str,
+        dropped_count: i64,
+        total: &Delta,
+        delta: &mut Delta,
+    ) -> Result<(), OutboxError> {
+        let seq = self.alloc_seq(session, workspace, total, delta)?;
+        let created_at = crate::outbox::format_timestamp(self.clock.now());
+        self.conn
+            .prepare_cached(
+                "INSERT INTO message_outbox (id, workspace, project, session_id, seq, role, \
+                 content, kind, dropped_count, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'notice', ?8, ?9)",
+            )?
+            .execute(params![
+                MessageId::new().to_string(),
+                workspace,
+                project,
+                session,
+                seq,
+                Role::System.as_str(),
+                content,
+                dropped_count,
+                created_at
+            ])?;
+        delta.notices += 1;
+        delta.pending += 1;
+        Ok(())
+    }
+
+    fn move_to_dead(
+        &mut self,
+        key: &RowKey,
+        reason: DropReason,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<Option<MovedRow>, OutboxError> {
+        let moved = self
+            .conn
+            .prepare_cached(
+                "SELECT session_id, workspace, kind, project FROM message_outbox \
+                 WHERE pos = ?1 AND id = ?2",
+            )?
+            .query_row(params![key.pos, key.id], |r| {
+                Ok(MovedRow {
+                    session: r.get(0)?,
+                    workspace: r.get(1)?,
+                    kind: r.get(2)?,
+                    project: r.get(3)?,
+                })
+            })
+            .optional()?;
+        if moved.is_none() {
+            return Ok(None);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO dead (pos, id, workspace, project, session_id, seq, role, \
+                 content, tool, kind, dropped_count, created_at, attempts, reason, detail, dead_at) \
+                 SELECT pos, id, workspace, project, session_id, seq, role, content, tool, kind, \
+                 dropped_count, created_at, attempts, ?3, ?4, ?5 FROM message_outbox \
+                 WHERE pos = ?1 AND id = ?2",
+            )?
+            .execute(params![key.pos, key.id, reason.as_str(), detail, now_ms])?;
+        self.conn
+            .prepare_cached("DELETE FROM message_outbox WHERE pos = ?1 AND id = ?2")?
+            .execute(params![key.pos, key.id])?;
+        Ok(moved)
+    }
+
+    /// Above the bound, moves the oldest rows to `dead` and queues one notice per affected
+    /// session saying how many messages it lost (a notice evicted in turn passes its count on
+    /// to the next one, so the notices a viewer finally sees add up to every lost message).
+    fn evict_overflow(&mut self, total: &mut Delta) -> Result<(), OutboxError> {
+        let committed = i64::try_from(self.counters.pending.load(Ordering::Relaxed)).unwrap_or(0);
+        let count = committed + total.pending;
+        let max = i64::try_from(self.limits.max_size).unwrap_or(i64::MAX);
+        if count <= max {
+            return Ok(());
+        }
+        // Take the oldest rows until what remains plus one new notice per affected session
+        // fits the bound.
+        let mut victims: Vec<(RowKey, String)> = Vec::new();
+        let mut per_session: HashMap<String, i64> = HashMap::new();
+        {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT pos, id, session_id, kind, dropped_count FROM message_outbox ORDER BY pos",
+            )?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let taken = i64::try_from(victims.len()).unwrap_or(i64::MAX);
+                let notices = i64::try_from(per_session.len()).unwrap_or(i64::MAX);
+                if count - taken + notices <= max {
+                    break;
+                }
+                let key = RowKey {
+                    pos: r.get(0)?,
+                    id: r.get(1)?,
+                };
+                let session: String = r.get(2)?;
+                let kind: String = r.get(3)?;
+                let carried: i64 = r.get(4)?;
+                let lost = if kind == "notice" { carried } else { 1 };
+                *per_session.entry(session.clone()).or_default() += lost;
+                victims.push((key, session));
+            }
+        }
+        let now_ms = self.clock.now().timestamp_millis();
+        let mut delta = Delta::default();
+        let mut workspaces: HashMap<String, (String, Option<String>)> = HashMap::new();
+        for (key, session) in &victims {
+            if let Some(moved) =
+                self.move_to_dead(key, DropReason::Overflow, "outbox full", now_ms)?
+            {
+                delta.pending -= 1;
+                delta.dead_added = true;
+                *delta.dropped.entry(DropReason::Overflow).or_default() += 1;
+                if let Entry::Vacant(v) = workspaces.entry(session.clone()) {
+                    v.insert((moved.workspace, moved.project));
+                }
+            }
+        }
+        let mut sessions: Vec<_> = per_session.into_iter().filter(|(_, n)| *n > 0).collect();
+        sessions.sort();
+        for (session, lost) in sessions {
+            let Some((workspace, project)) = workspaces.get(&session).cloned() else {
+                continue;
+            };
+            let content = DropReason::Overflow.notice(lost, "");
+            tracing::warn!(%session, lost, "outbox full: oldest messages dropped");
+            self.insert_notice(
+                &session,
+                &workspace,
+                project.as_deref(),
+                &content,
+                lost,
+                total,
+                &mut delta,
+            )?;
+        }
+        total.absorb(delta);
+        Ok(())
+    }
+
+    fn trim_dead(&mut self, total: &Delta) -> Result<(), OutboxError> {
+        if !total.dead_added {
+            return Ok(());
+        }
+        let keep = i64::try_from(self.limits.dead_max_rows).unwrap_or(i64::MAX);
+        self.conn
+            .prepare_cached(
+                "DELETE FROM dead WHERE pos <= \
+                 (SELECT pos FROM dead ORDER BY pos DESC LIMIT 1 OFFSET ?1)",
+            )?
+            .execute([keep])?;
+        Ok(())
+    }
+
+    fn store_sessions(&mut self, total: &Delta) -> Result<(), OutboxError> {
+        for (session, state) in &total.sessions {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO sessions (session_id, workspace, next_seq) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (session_id) DO UPDATE SET next_seq = excluded.next_seq",
+                )?
+                .execute(params![session, state.workspace, state.next_seq])?;
+        }
+        Ok(())
+    }
+}
+
+struct MovedRow {
+    session: String,
+    workspace: String,
+    kind: String,
+    project: Option<String>,
+}
