@@ -1,0 +1,133 @@
+//! The SQLite store: one database file (or `sqlite::memory:`), WAL mode, migrations applied on
+//! connect, writes serialized by `BEGIN IMMEDIATE`, and an in-process change feed.
+
+mod error;
+mod nodes;
+mod rows;
+mod sessions;
+mod tasks;
+mod users;
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use kiln_core::StoreError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+use crate::sql_common::{Feed, env_u64};
+
+pub(crate) use error::map_err;
+
+/// How to open a [`SqliteStore`]. Every field has a default and an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteConfig {
+    /// A `sqlite:` URL (`sqlite://kiln.db`, `sqlite::memory:`) or a file path. The file is
+    /// created when missing.
+    pub url: String,
+    /// Connections in the pool (`KILN_SQLITE_MAX_CONNECTIONS`, default 8). An in-memory
+    /// database always uses one, since each connection would see its own database.
+    pub max_connections: u32,
+    /// How long a writer waits for another writer's lock before failing with a retryable
+    /// error (`KILN_SQLITE_BUSY_TIMEOUT_MS`, default 5000).
+    pub busy_timeout: Duration,
+}
+
+impl SqliteConfig {
+    /// The defaults for `url`, overridden by the environment.
+    #[must_use]
+    pub fn from_env(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: u32::try_from(env_u64("KILN_SQLITE_MAX_CONNECTIONS", 8))
+                .unwrap_or(8)
+                .max(1),
+            busy_timeout: Duration::from_millis(env_u64("KILN_SQLITE_BUSY_TIMEOUT_MS", 5000)),
+        }
+    }
+
+    fn is_in_memory(&self) -> bool {
+        self.url.contains(":memory:") || self.url.contains("mode=memory")
+    }
+}
+
+/// A [`Store`](kiln_core::Store) in SQLite: the embedded, single-machine default.
+///
+/// Cloning is cheap and shares the pool and the change feed.
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    feed: Feed,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("connections", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at `url_or_path` with the settings from
+    /// the environment, and applies the migrations.
+    pub async fn connect(url_or_path: &str) -> Result<Self, StoreError> {
+        Self::connect_with(SqliteConfig::from_env(url_or_path)).await
+    }
+
+    /// Opens the database described by `config` and applies the migrations.
+    pub async fn connect_with(config: SqliteConfig) -> Result<Self, StoreError> {
+        let options = if config.url.starts_with("sqlite:") {
+            SqliteConnectOptions::from_str(&config.url).map_err(map_err)?
+        } else {
+            SqliteConnectOptions::new().filename(&config.url)
+        }
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(config.busy_timeout);
+        let in_memory = config.is_in_memory();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if in_memory { 1 } else { config.max_connections })
+            // An in-memory database lives as long as its one connection.
+            .idle_timeout((!in_memory).then_some(Duration::from_secs(600)))
+            .max_lifetime((!in_memory).then_some(Duration::from_secs(1800)))
+            .connect_with(options)
+            .await
+            .map_err(map_err)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend {
+                message: format!("migrating the SQLite store: {e}"),
+            })?;
+        tracing::debug!(url = %config.url, in_memory, "SQLite store ready");
+        Ok(Self {
+            pool,
+            feed: Feed::new(),
+        })
+    }
+
+    /// The connection pool, for queries this crate does not offer.
+    #[must_use]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes every connection; later calls fail with [`StoreError::Unavailable`].
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A write transaction that takes the database's write lock up front, so two writers
+    /// never deadlock upgrading read locks; a busy database waits up to the busy timeout.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(map_err)
+    }
+}

@@ -1,0 +1,196 @@
+//! The PostgreSQL store against the kiln-core conformance suite, plus what replicas need:
+//! claims from two pools never double-claim, and the change feed crosses store instances.
+//! Each test gets its own database (see `support`), so they run in parallel.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kiln_backends::PostgresStore;
+use kiln_core::conformance::{Fixture, store_suite};
+use kiln_core::{
+    Change, NodeStore, Role, SessionStore, Store, StoreError, StoreEvent, TaskId, VmSize,
+};
+use support::TestDatabase;
+
+async fn store(db: &TestDatabase) -> PostgresStore {
+    PostgresStore::connect(&db.url)
+        .await
+        .expect("connect to the test database")
+}
+
+/// The next event about `wanted` within 10 s.
+async fn next_event(
+    feed: &mut futures::stream::BoxStream<'static, StoreEvent>,
+    wanted: impl Fn(&StoreEvent) -> bool,
+) -> StoreEvent {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("the feed stays open");
+        if wanted(&event) {
+            return event;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_store_passes_the_store_suite() {
+    let Some(db) = TestDatabase::create("postgres_store_passes_the_store_suite").await else {
+        return;
+    };
+    store_suite(Arc::new(store(&db).await)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_from_two_replicas_never_double_claim() {
+    let Some(db) = TestDatabase::create("claims_from_two_replicas_never_double_claim").await else {
+        return;
+    };
+    let a: Arc<dyn Store> = Arc::new(store(&db).await);
+    let b: Arc<dyn Store> = Arc::new(store(&db).await);
+    let f = Fixture::new(a.clone()).await;
+    for round in 0..5 {
+        let mut nodes = HashSet::new();
+        for _ in 0..3 {
+            nodes.insert(
+                f.warm_node(VmSize::Small, Duration::from_secs(600))
+                    .await
+                    .id,
+            );
+        }
+        let now = f.now();
+        let claimers: Vec<_> = (0..16)
+            .map(|i| {
+                let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let owner = f.owner;
+                tokio::spawn(async move {
+                    let task = TaskId::new();
+                    store
+                        .claim_warm_node(owner, VmSize::Small, None, task, now)
+                        .await
+                        .expect("claim")
+                        .map(|n| (n.id, task))
+                })
+            })
+            .collect();
+        let mut won = Vec::new();
+        for c in claimers {
+            won.extend(c.await.unwrap());
+        }
+        let claimed: HashSet<_> = won.iter().map(|(node, _)| *node).collect();
+        assert_eq!(
+            claimed.len(),
+            won.len(),
+            "round {round}: a node claimed twice"
+        );
+        assert!(
+            claimed.is_subset(&nodes),
+            "round {round}: claimed a foreign node"
+        );
+        for (node, task) in won {
+            let stored = a.get_node(node).await.unwrap().unwrap();
+            assert_eq!(stored.claimed_by, Some(task), "round {round}: stored claim");
+        }
+        // SKIP LOCKED may let a claimer pass over a node another holds for an instant; what
+        // it must never do is hand one node out twice. Whatever was skipped stays warm.
+        for node in nodes.difference(&claimed) {
+            let stored = a.get_node(*node).await.unwrap().unwrap();
+            assert_eq!(stored.state, kiln_core::NodeState::Warm);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stored_and_published_changes_reach_another_replica() {
+    let Some(db) = TestDatabase::create("stored_and_published_changes_reach_another_replica").await
+    else {
+        return;
+    };
+    let writer: Arc<dyn Store> = Arc::new(store(&db).await);
+    let reader = store(&db).await;
+    let mut feed = reader.subscribe().await.unwrap();
+    let mut own_feed = writer.subscribe().await.unwrap();
+
+    let f = Fixture::new(writer.clone()).await;
+    let s = f.session(None).await;
+    let batch: Vec<_> = (0..3)
+        .map(|i| f.message(s.id, Role::Assistant, &format!("m{i}")))
+        .collect();
+    writer.insert_messages(&batch, f.now()).await.unwrap();
+    let about_session = |e: &StoreEvent| matches!(e.change, Change::MessagesStored { session_id, .. } if session_id == s.id);
+    for feed in [&mut feed, &mut own_feed] {
+        let event = next_event(feed, about_session).await;
+        assert_eq!(
+            event,
+            StoreEvent {
+                owner: f.owner,
+                project_id: Some(f.project.id),
+                change: Change::MessagesStored {
+                    session_id: s.id,
+                    first: 1,
+                    last: 3
+                },
+            }
+        );
+    }
+
+    // Published by the reader replica, heard by the writer replica.
+    let published = StoreEvent {
+        owner: f.owner,
+        project_id: None,
+        change: Change::Task {
+            task_id: TaskId::new(),
+        },
+    };
+    reader.publish(&published).await.unwrap();
+    assert_eq!(
+        next_event(&mut own_feed, |e| *e == published).await,
+        published
+    );
+
+    // A batch of duplicates stores nothing and announces nothing.
+    writer.insert_messages(&batch, f.now()).await.unwrap();
+    let marker = StoreEvent {
+        owner: f.owner,
+        project_id: None,
+        change: Change::Session { session_id: s.id },
+    };
+    writer.publish(&marker).await.unwrap();
+    let next = next_event(&mut feed, |e| about_session(e) || *e == marker).await;
+    assert_eq!(next, marker, "duplicates were announced");
+}
+
+#[tokio::test]
+async fn errors_are_classified_at_the_edge() {
+    let Some(db) = TestDatabase::create("errors_are_classified_at_the_edge").await else {
+        return;
+    };
+    let pg = store(&db).await;
+    let store: Arc<dyn Store> = Arc::new(pg.clone());
+    let f = Fixture::new(store.clone()).await;
+    let err = store.create_project(&f.project).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    pg.close().await;
+    let err = store.get_project(f.project.id).await.unwrap_err();
+    assert!(err.is_retryable(), "a closed pool is retryable: {err:?}");
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_retryable() {
+    let Some(_) = support::postgres_url("an_unreachable_server_is_retryable") else {
+        return;
+    };
+    let err = PostgresStore::connect_with(kiln_backends::PostgresConfig {
+        acquire_timeout: Duration::from_millis(500),
+        ..kiln_backends::PostgresConfig::from_env("postgres://postgres@127.0.0.1:1/none")
+    })
+    .await
+    .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+}
