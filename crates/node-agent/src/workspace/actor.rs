@@ -1,0 +1,351 @@
+//! One task per workspace: checkout, agent, turns, completion, destroy.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kiln_core::protocol::{Prompt, WorkspaceEvent};
+use tokio::sync::{mpsc, oneshot};
+
+use super::record::{RecordStatus, WorkspaceRecord};
+use super::{NodeShared, git};
+use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind, TurnSummary};
+use crate::error::Result;
+use crate::recorder::MessageRecorder;
+use crate::routes::RouteSpec;
+
+/// What the node asks of a workspace.
+#[derive(Debug)]
+pub(crate) enum WorkspaceCommand {
+    Prompt(Prompt),
+    Cancel,
+    Destroy(oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct WorkspaceActor {
+    pub shared: Arc<NodeShared>,
+    pub dir: PathBuf,
+    pub record: WorkspaceRecord,
+    pub agent_running: Arc<AtomicBool>,
+    pub commands: mpsc::UnboundedReceiver<WorkspaceCommand>,
+    pub recorder: Option<Arc<dyn MessageRecorder>>,
+    pub host: Option<AgentHost>,
+    pub reports_tx: mpsc::UnboundedSender<AgentReport>,
+    pub reports: mpsc::UnboundedReceiver<AgentReport>,
+    /// A terminal event was already sent for the current turn (so a crash after it is
+    /// not reported twice).
+    pub turn_reported: bool,
+}
+
+impl WorkspaceActor {
+    fn checkout(&self) -> PathBuf {
+        self.dir.join("checkout")
+    }
+
+    fn id(&self) -> kiln_core::WorkspaceId {
+        self.record.workspace_id
+    }
+
+    fn report(&self, event: WorkspaceEvent) {
+        self.shared.events.report(event);
+    }
+
+    fn save(&self) {
+        if let Err(e) = self.record.save(&self.dir) {
+            tracing::error!(error = %e, workspace = %self.id(), "workspace record not saved");
+        }
+    }
+
+    fn set_status(&mut self, status: RecordStatus) {
+        self.record.status = status;
+        self.save();
+    }
+
+    async fn open_route(&mut self) -> Result<()> {
+        if self.recorder.is_none() && self.record.project_id.is_some() {
+            let recorder = self
+                .shared
+                .routes
+                .open_route(&RouteSpec {
+                    workspace_id: self.id(),
+                    project_id: self.record.project_id,
+                    session_id: self.record.session_id,
+                    callback_token: self.record.callback_token.clone(),
+                })
+                .await?;
+            self.recorder = Some(recorder);
+        }
+        Ok(())
+    }
+
+    /// Checks out the repository on the task branch (a fresh workspace).
+    async fn prepare(&mut self) -> Result<()> {
+        self.open_route().await?;
+        let checkout = self.checkout();
+        if checkout.exists() {
+            // A previous attempt died half-way: start the checkout over.
+            std::fs::remove_dir_all(&checkout)
+                .map_err(|e| crate::NodeError::io("removing a partial checkout", e))?;
+        }
+        git::clone_or_init(&self.record.repository_url, &checkout).await?;
+        if let Some(base) = self.record.requested_branch.clone() {
+            let branch = git::create_task_branch(&checkout, &base).await?;
+            if branch != base {
+                tracing::info!(%base, %branch, "task branch existed; using a suffix");
+            }
+            self.record.branch = Some(branch);
+        }
+        self.set_status(RecordStatus::Running);
+        Ok(())
+    }
+
+    fn start_agent(&mut self) -> Result<()> {
+        let capture = SessionCapture::new(
+            self.id(),
+            self.record.project_id.and(self.record.session_id),
+            self.recorder
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::recorder::MemoryRecorder::new())),
+            self.shared.clock.clone(),
+        )
+        .with_root(
+            self.checkout()
+                .canonicalize()
+                .unwrap_or_else(|_| self.checkout()),
+        );
+        let capture = match &self.shared.deltas {
+            Some(deltas) => capture.with_deltas(deltas.clone()),
+            None => capture,
+        };
+        let mut env: BTreeMap<String, String> = self.shared.config.agent_env.clone();
+        if let Some(project) = self.record.project_id {
+            env.insert("PROJECT_ID".into(), project.to_string());
+        }
+        if let Some(session) = self.record.session_id {
+            env.insert("CHAT_SESSION_ID".into(), session.to_string());
+        }
+        env.insert("KILN_WORKSPACE_ID".into(), self.id().to_string());
+        let launch = AgentLaunch {
+            command: self
+                .shared
+                .config
+                .agent_command_for(self.record.agent_hint.as_deref())
+                .to_owned(),
+            cwd: self.checkout(),
+            env,
+            chat_session_id: self.record.session_id,
+            cancel_grace: self.shared.config.cancel_grace,
+        };
+        let host = AgentHost::start(launch, capture, self.reports_tx.clone())?;
+        self.host = Some(host);
+        self.agent_running.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn fail(&mut self, error: String) {
+        tracing::warn!(workspace = %self.id(), %error, "workspace failed");
+        self.turn_reported = true;
+        self.set_status(RecordStatus::Failed);
+        self.report(WorkspaceEvent::Failed {
+            workspace_id: self.id(),
+            error,
+        });
+    }
+
+    /// Runs a freshly created workspace: checkout, agent, first prompt, then the loop.
+    pub async fn run_new(mut self, prompt: Option<Prompt>) {
+        if let Some(p) = &prompt {
+            self.record.topic = Some(kiln_core::model::topic_from_message(&p.text));
+        }
+        if let Err(e) = self.prepare().await {
+            self.fail(format!("workspace setup failed: {e}"));
+        } else if let Err(e) = self.start_agent() {
+            self.fail(format!("the agent could not start: {e}"));
+        } else {
+            self.report(WorkspaceEvent::AgentStarted {
+                workspace_id: self.id(),
+                branch: self.record.branch.clone(),
+            });
+            if let Some(p) = prompt {
+                self.send_prompt(p);
+            }
+        }
+        self.run().await;
+    }
+
+    /// Runs a workspace found on disk after a restart: its route reopens (undelivered
+    /// messages go out), the agent starts again with the next prompt.
+    pub async fn run_resumed(mut self) {
+        if let Err(e) = self.open_route().await {
+            tracing::error!(error = %e, workspace = %self.id(), "route not reopened");
+        }
+        self.run().await;
+    }
+
+    fn send_prompt(&mut self, prompt: Prompt) {
+        if self.host.is_none()
+            && let Err(e) = self.start_agent()
+        {
+            self.fail(format!("the agent could not start: {e}"));
+            return;
+        }
+        if self.record.topic.is_none() {
+            self.record.topic = Some(kiln_core::model::topic_from_message(&prompt.text));
+        }
+        self.turn_reported = false;
+        if self.record.status != RecordStatus::Running {
+            self.set_status(RecordStatus::Running);
+        }
+        if let Some(host) = &self.host {
+            host.prompt(prompt.message_id, prompt.text);
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(WorkspaceCommand::Prompt(p)) => self.send_prompt(p),
+                    Some(WorkspaceCommand::Cancel) => match &self.host {
+                        Some(host) => host.cancel(),
+                        None => {
+                            self.set_status(RecordStatus::Cancelled);
+                            self.report(WorkspaceEvent::Cancelled { workspace_id: self.id() });
+                        }
+                    },
+                    Some(WorkspaceCommand::Destroy(done)) => {
+                        self.destroy().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(WorkspaceCommand::Shutdown(done)) => {
+                        self.stop_agent().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.stop_agent().await;
+                        return;
+                    }
+                },
+                Some(report) = self.reports.recv() => self.on_report(report).await,
+            }
+        }
+    }
+
+    async fn stop_agent(&mut self) {
+        if let Some(host) = self.host.take() {
+            host.stop().await;
+        }
+        self.agent_running.store(false, Ordering::Relaxed);
+    }
+
+    async fn on_report(&mut self, report: AgentReport) {
+        match report {
+            AgentReport::Started { acp_session_id } => {
+                self.record.acp_session_id = Some(acp_session_id);
+                self.save();
+            }
+            AgentReport::TurnEnded { stop, summary } => match stop {
+                StopKind::EndTurn if self.record.task_id.is_some() => {
+                    self.complete(summary).await;
+                }
+                StopKind::EndTurn => tracing::debug!(workspace = %self.id(), "chat turn ended"),
+                StopKind::Cancelled => {
+                    self.turn_reported = true;
+                    self.set_status(RecordStatus::Cancelled);
+                    self.report(WorkspaceEvent::Cancelled {
+                        workspace_id: self.id(),
+                    });
+                }
+                StopKind::Refusal => self.fail("the agent refused the task".into()),
+                StopKind::Other(reason) => self.fail(format!("the agent stopped: {reason}")),
+            },
+            AgentReport::TurnFailed { error } => self.fail(format!("the agent failed: {error}")),
+            AgentReport::Exited { error } => {
+                self.host = None;
+                self.agent_running.store(false, Ordering::Relaxed);
+                if self.turn_reported || self.record.status != RecordStatus::Running {
+                    tracing::info!(workspace = %self.id(), %error, "agent process ended");
+                } else {
+                    self.fail(error);
+                }
+            }
+        }
+    }
+
+    /// Commits everything on the task branch, pushes it and reports the task completed.
+    async fn complete(&mut self, summary: TurnSummary) {
+        self.turn_reported = true;
+        let checkout = self.checkout();
+        let topic = self
+            .record
+            .topic
+            .clone()
+            .unwrap_or_else(|| "agent changes".into());
+        let mut message = format!("kiln: {topic}");
+        if let Some(task) = self.record.task_id {
+            message.push_str(&format!("\n\nTask: {task}"));
+        }
+        let mut warning = None;
+        match git::commit_all(&checkout, &message).await {
+            Ok(committed) => {
+                tracing::info!(workspace = %self.id(), committed, "work committed");
+                match (git::has_origin(&checkout).await, &self.record.branch) {
+                    (Ok(true), Some(branch)) => {
+                        if let Err(e) = git::push(&checkout, branch).await {
+                            warning = Some(format!("push failed: {e}"));
+                        }
+                    }
+                    (Ok(true), None) => warning = Some("no task branch to push".into()),
+                    (Ok(false), _) => {
+                        warning = Some("the repository has no remote to push to".into())
+                    }
+                    (Err(e), _) => warning = Some(format!("push skipped: {e}")),
+                }
+            }
+            Err(e) => warning = Some(format!("commit failed: {e}")),
+        }
+        if let Some(w) = &warning {
+            tracing::warn!(workspace = %self.id(), warning = %w, "completed with a warning");
+        }
+        self.stop_agent().await;
+        self.set_status(RecordStatus::Completed);
+        self.report(WorkspaceEvent::Completed {
+            workspace_id: self.id(),
+            branch: self.record.branch.clone(),
+            pr_url: summary.pr_url,
+            summary: summary.summary,
+            warning,
+        });
+    }
+
+    async fn destroy(&mut self) {
+        self.stop_agent().await;
+        let drain = self.shared.config.destroy_drain;
+        let deadline = tokio::time::Instant::now() + drain;
+        loop {
+            let pending = self.shared.routes.pending(self.id()).await;
+            if pending == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(workspace = %self.id(), pending, "destroying with undelivered messages");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.shared.routes.close_route(self.id()).await;
+        if let Err(e) = tokio::fs::remove_dir_all(&self.dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::error!(error = %e, dir = %self.dir.display(), "workspace directory not removed");
+        }
+        self.report(WorkspaceEvent::Destroyed {
+            workspace_id: self.id(),
+        });
+    }
+}

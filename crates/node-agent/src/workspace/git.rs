@@ -1,0 +1,150 @@
+//! The git operations a workspace needs, run with the `git` command line (so every URL and
+//! credential helper git supports works). Hooks are disabled for Kiln's own commits.
+
+use std::path::Path;
+
+use tokio::process::Command;
+
+use crate::error::{NodeError, Result, shorten};
+
+/// The author of the commits Kiln makes for an agent.
+pub const AGENT_NAME: &str = "Kiln Agent";
+/// The author e-mail of those commits.
+pub const AGENT_EMAIL: &str = "agent@kiln.invalid";
+
+fn git(dir: Option<&Path>) -> Command {
+    let mut cmd = Command::new("git");
+    if let Some(dir) = dir {
+        cmd.current_dir(dir);
+    }
+    cmd.env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", AGENT_NAME)
+        .env("GIT_AUTHOR_EMAIL", AGENT_EMAIL)
+        .env("GIT_COMMITTER_NAME", AGENT_NAME)
+        .env("GIT_COMMITTER_EMAIL", AGENT_EMAIL)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+async fn run(mut cmd: Command, what: &str) -> Result<String> {
+    let output = cmd
+        .output()
+        .await
+        .map_err(|e| NodeError::io(format!("running git {what}"), e))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(NodeError::Git {
+            command: what.to_owned(),
+            message: shorten(&String::from_utf8_lossy(&output.stderr), 600),
+        })
+    }
+}
+
+/// Clones `url` (a local path or any URL git accepts) into `dest`, or initializes an empty
+/// repository there when `url` is empty.
+///
+/// # Errors
+/// [`NodeError::Git`] with git's message.
+pub async fn clone_or_init(url: &str, dest: &Path) -> Result<()> {
+    if url.trim().is_empty() {
+        let mut cmd = git(None);
+        cmd.arg("init").arg("--quiet").arg(dest);
+        run(cmd, "init").await?;
+        return Ok(());
+    }
+    let mut cmd = git(None);
+    cmd.args(["clone", "--quiet", "--no-hardlinks", "--", url])
+        .arg(dest);
+    run(cmd, "clone").await.map(drop)
+}
+
+/// Whether `branch` exists locally or at the remote `origin` (as fetched).
+async fn branch_exists(repo: &Path, branch: &str) -> Result<bool> {
+    for reference in [
+        format!("refs/heads/{branch}"),
+        format!("refs/remotes/origin/{branch}"),
+    ] {
+        let mut cmd = git(Some(repo));
+        cmd.args(["show-ref", "--verify", "--quiet", &reference]);
+        let status = cmd
+            .status()
+            .await
+            .map_err(|e| NodeError::io("running git show-ref", e))?;
+        if status.success() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Creates and checks out `base`, or `base-2`, `base-3`… when that branch already exists
+/// locally or at the remote. Returns the name used.
+///
+/// # Errors
+/// [`NodeError::Git`] with git's message.
+pub async fn create_task_branch(repo: &Path, base: &str) -> Result<String> {
+    let mut name = base.to_owned();
+    let mut n = 1;
+    while branch_exists(repo, &name).await? {
+        n += 1;
+        name = format!("{base}-{n}");
+    }
+    let mut cmd = git(Some(repo));
+    cmd.args(["checkout", "--quiet", "-b", &name]);
+    run(cmd, "checkout").await?;
+    Ok(name)
+}
+
+/// Stages everything and commits it as [`AGENT_NAME`]. Returns `false` when there was
+/// nothing to commit.
+///
+/// # Errors
+/// [`NodeError::Git`] with git's message.
+pub async fn commit_all(repo: &Path, message: &str) -> Result<bool> {
+    let mut add = git(Some(repo));
+    add.args(["add", "-A"]);
+    run(add, "add").await?;
+    let mut status = git(Some(repo));
+    status.args(["status", "--porcelain"]);
+    if run(status, "status").await?.trim().is_empty() {
+        return Ok(false);
+    }
+    let mut commit = git(Some(repo));
+    commit
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(["commit", "--quiet", "--no-verify", "-m", message]);
+    run(commit, "commit").await?;
+    Ok(true)
+}
+
+/// Whether the repository has a remote called `origin`.
+///
+/// # Errors
+/// [`NodeError::Io`] when git cannot run.
+pub async fn has_origin(repo: &Path) -> Result<bool> {
+    let mut cmd = git(Some(repo));
+    cmd.args(["remote"]);
+    Ok(run(cmd, "remote")
+        .await?
+        .lines()
+        .any(|l| l.trim() == "origin"))
+}
+
+/// Pushes `branch` to `origin` and sets it as upstream.
+///
+/// # Errors
+/// [`NodeError::Git`] with git's message.
+pub async fn push(repo: &Path, branch: &str) -> Result<()> {
+    let mut cmd = git(Some(repo));
+    cmd.args(["-c", "core.hooksPath=/dev/null"])
+        .args(["push", "--quiet", "--no-verify", "-u", "origin"])
+        .arg(format!("{branch}:refs/heads/{branch}"));
+    run(cmd, "push").await.map(drop)
+}

@@ -1,0 +1,246 @@
+//! Workspaces: a directory per workspace under the node's data directory, holding the
+//! repository checkout (`checkout/`, on the task branch) and the record that lets a
+//! restarted host find it (`workspace.json`). Each workspace is driven by its own task, so
+//! a slow clone never holds up the node's command loop.
+
+mod actor;
+pub mod git;
+pub mod paths;
+pub mod record;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kiln_core::protocol::{NodeCommand, WorkspaceEvent, WorkspaceReport};
+use kiln_core::{LifecycleClock, WorkspaceId};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use actor::{WorkspaceActor, WorkspaceCommand};
+use record::{RecordStatus, WorkspaceRecord};
+
+use crate::config::NodeConfig;
+use crate::events::EventReporter;
+use crate::recorder::DeltaSender;
+use crate::routes::MessageRoutes;
+
+/// What every workspace of a node shares.
+#[derive(Debug)]
+pub struct NodeShared {
+    /// The node's settings.
+    pub config: NodeConfig,
+    /// Where workspace events go.
+    pub events: EventReporter,
+    /// Where live deltas go, if anywhere.
+    pub deltas: Option<DeltaSender>,
+    /// The clock for message timestamps.
+    pub clock: Arc<dyn LifecycleClock>,
+    /// The message routes (the outbox).
+    pub routes: Arc<dyn MessageRoutes>,
+}
+
+#[derive(Debug)]
+struct Handle {
+    tx: mpsc::UnboundedSender<WorkspaceCommand>,
+    agent_running: Arc<AtomicBool>,
+}
+
+/// The workspaces of one node.
+#[derive(Debug)]
+pub struct Workspaces {
+    shared: Arc<NodeShared>,
+    handles: Mutex<HashMap<WorkspaceId, Handle>>,
+}
+
+impl Workspaces {
+    /// No workspaces yet.
+    #[must_use]
+    pub fn new(shared: Arc<NodeShared>) -> Self {
+        Self {
+            shared,
+            handles: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn dir(&self, id: WorkspaceId) -> PathBuf {
+        self.shared.config.workspaces_dir().join(id.to_string())
+    }
+
+    fn actor(&self, dir: PathBuf, record: WorkspaceRecord) -> (WorkspaceActor, Handle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (reports_tx, reports) = mpsc::unbounded_channel();
+        let agent_running = Arc::new(AtomicBool::new(false));
+        let actor = WorkspaceActor {
+            shared: self.shared.clone(),
+            dir,
+            record,
+            agent_running: agent_running.clone(),
+            commands: rx,
+            recorder: None,
+            host: None,
+            reports_tx,
+            reports,
+            turn_reported: false,
+        };
+        (actor, Handle { tx, agent_running })
+    }
+
+    /// Finds the workspaces a previous run left on disk and reopens their routes, so
+    /// undelivered messages go out. Returns how many were found.
+    pub async fn resume(&self) -> usize {
+        let Ok(entries) = std::fs::read_dir(self.shared.config.workspaces_dir()) else {
+            return 0;
+        };
+        let mut found = 0;
+        for entry in entries.flatten() {
+            let dir = entry.path();
+            match WorkspaceRecord::load(&dir) {
+                Ok(record) if record.status == RecordStatus::Creating => {
+                    // Died during the checkout: it never started; the create will come again
+                    // or the control plane gives up on it.
+                    tracing::info!(dir = %dir.display(), "removing a workspace whose checkout never finished");
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                Ok(record) => {
+                    let id = record.workspace_id;
+                    let (actor, handle) = self.actor(dir, record);
+                    self.handles.lock().await.insert(id, handle);
+                    tokio::spawn(actor.run_resumed());
+                    found += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "not a workspace; skipped")
+                }
+            }
+        }
+        found
+    }
+
+    /// What heartbeats and hellos report.
+    pub async fn reports(&self) -> Vec<WorkspaceReport> {
+        let mut reports: Vec<WorkspaceReport> = self
+            .handles
+            .lock()
+            .await
+            .iter()
+            .map(|(id, h)| WorkspaceReport {
+                workspace_id: *id,
+                agent_running: h.agent_running.load(Ordering::Relaxed),
+            })
+            .collect();
+        reports.sort_by_key(|r| r.workspace_id);
+        reports
+    }
+
+    /// Executes one workspace command (everything but `Shutdown`, which the node handles).
+    pub async fn execute(&self, command: NodeCommand) {
+        match command {
+            NodeCommand::CreateWorkspace {
+                workspace_id,
+                project_id,
+                session_id,
+                task_id,
+                repository_url,
+                branch,
+                prompt,
+                callback_token,
+                agent_hint,
+            } => {
+                let mut handles = self.handles.lock().await;
+                if handles.contains_key(&workspace_id) {
+                    tracing::info!(workspace = %workspace_id, "workspace exists; create ignored");
+                    return;
+                }
+                let dir = self.dir(workspace_id);
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    self.shared.events.report(WorkspaceEvent::Failed {
+                        workspace_id,
+                        error: format!("cannot create the workspace directory: {e}"),
+                    });
+                    return;
+                }
+                let record = WorkspaceRecord {
+                    workspace_id,
+                    project_id,
+                    session_id,
+                    task_id,
+                    repository_url,
+                    requested_branch: branch,
+                    branch: None,
+                    callback_token,
+                    agent_hint,
+                    topic: None,
+                    acp_session_id: None,
+                    status: RecordStatus::Creating,
+                };
+                if let Err(e) = record.save(&dir) {
+                    self.shared.events.report(WorkspaceEvent::Failed {
+                        workspace_id,
+                        error: format!("cannot write the workspace record: {e}"),
+                    });
+                    return;
+                }
+                let (actor, handle) = self.actor(dir, record);
+                handles.insert(workspace_id, handle);
+                tokio::spawn(actor.run_new(prompt));
+            }
+            NodeCommand::Prompt {
+                workspace_id,
+                prompt,
+            } => {
+                self.send(workspace_id, WorkspaceCommand::Prompt(prompt))
+                    .await
+            }
+            NodeCommand::Cancel { workspace_id } => {
+                self.send(workspace_id, WorkspaceCommand::Cancel).await;
+            }
+            NodeCommand::DestroyWorkspace { workspace_id } => {
+                let handle = self.handles.lock().await.remove(&workspace_id);
+                match handle {
+                    Some(handle) => {
+                        let (done, wait) = oneshot::channel();
+                        if handle.tx.send(WorkspaceCommand::Destroy(done)).is_ok() {
+                            let _ = wait.await;
+                        }
+                    }
+                    None => {
+                        // Unknown here (already destroyed): destroying is idempotent.
+                        let _ = std::fs::remove_dir_all(self.dir(workspace_id));
+                        self.shared
+                            .events
+                            .report(WorkspaceEvent::Destroyed { workspace_id });
+                    }
+                }
+            }
+            NodeCommand::Shutdown { .. } => self.shutdown().await,
+        }
+    }
+
+    async fn send(&self, id: WorkspaceId, command: WorkspaceCommand) {
+        let handles = self.handles.lock().await;
+        match handles.get(&id) {
+            Some(handle) => {
+                let _ = handle.tx.send(command);
+            }
+            None => {
+                tracing::warn!(workspace = %id, ?command, "command for an unknown workspace");
+                self.shared.events.report(WorkspaceEvent::Failed {
+                    workspace_id: id,
+                    error: "the workspace does not exist on this node".into(),
+                });
+            }
+        }
+    }
+
+    /// Stops every agent (keeping the workspaces on disk).
+    pub async fn shutdown(&self) {
+        let handles: Vec<Handle> = self.handles.lock().await.drain().map(|(_, h)| h).collect();
+        for handle in handles {
+            let (done, wait) = oneshot::channel();
+            if handle.tx.send(WorkspaceCommand::Shutdown(done)).is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+}

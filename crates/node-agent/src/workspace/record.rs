@@ -1,0 +1,104 @@
+//! The small JSON file that lets a restarted agent host find its workspaces again.
+
+use std::path::{Path, PathBuf};
+
+use kiln_core::{ProjectId, SessionId, TaskId, WorkspaceId};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{NodeError, Result};
+
+/// Where a workspace is in its life on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordStatus {
+    /// Being checked out (a restart finding this starts over).
+    Creating,
+    /// The agent runs or waits for the next prompt.
+    Running,
+    /// The task completed; waiting to be destroyed.
+    Completed,
+    /// The agent failed; kept for inspection.
+    Failed,
+    /// The turn was cancelled; kept.
+    Cancelled,
+}
+
+/// What the node keeps about a workspace, in `<data>/workspaces/<id>/workspace.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceRecord {
+    /// The workspace.
+    pub workspace_id: WorkspaceId,
+    /// Its project (none: nothing is persisted).
+    pub project_id: Option<ProjectId>,
+    /// Its chat session.
+    pub session_id: Option<SessionId>,
+    /// Its task.
+    pub task_id: Option<TaskId>,
+    /// The repository checked out.
+    pub repository_url: String,
+    /// The branch the control plane asked for.
+    pub requested_branch: Option<String>,
+    /// The branch actually created (maybe with a `-2` suffix).
+    pub branch: Option<String>,
+    /// The workspace's callback token (the file is readable by the node's user only).
+    pub callback_token: String,
+    /// The agent hint.
+    pub agent_hint: Option<String>,
+    /// The first line of the first prompt (for the commit message).
+    pub topic: Option<String>,
+    /// The ACP session id linked to the chat session.
+    pub acp_session_id: Option<String>,
+    /// Where it is.
+    pub status: RecordStatus,
+}
+
+impl WorkspaceRecord {
+    /// The record file in a workspace directory.
+    #[must_use]
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join("workspace.json")
+    }
+
+    /// Reads the record of the workspace in `dir`.
+    ///
+    /// # Errors
+    /// The file is missing or malformed.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = Self::path(dir);
+        let bytes =
+            std::fs::read(&path).map_err(|e| NodeError::io(path.display().to_string(), e))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| NodeError::InvalidConfig(format!("{}: {e}", path.display())))
+    }
+
+    /// Writes the record atomically (temporary file, then rename), readable by the owner only.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        write_private_json(&Self::path(dir), self)
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically with mode 0600.
+pub(crate) fn write_private_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| NodeError::InvalidConfig(format!("encoding {}: {e}", path.display())))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut file = options.open(&tmp)?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|e| NodeError::io(format!("writing {}", path.display()), e))
+}

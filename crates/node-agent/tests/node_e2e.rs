@@ -1,0 +1,528 @@
+//! The whole agent host in-process against a fake control plane: real HTTP on 127.0.0.1,
+//! real git, the real demo agent process, the real SQLite outbox.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{Fake, NODE_TOKEN, bare_repo, git, start_fake};
+use kiln_core::protocol::{NodeCommand, Prompt, WorkspaceEvent};
+use kiln_core::{MessageId, NodeId, ProjectId, Role, SessionId, SystemClock, TaskId, WorkspaceId};
+use kiln_node::outbox::OutboxRoutes;
+use kiln_node::{Node, NodeConfig, NodeExit};
+use kiln_outbox::OutboxConfig;
+
+struct Running {
+    fake: Fake,
+    data: tempfile::TempDir,
+    stop: tokio::sync::watch::Sender<bool>,
+    node: tokio::task::JoinHandle<kiln_node::Result<NodeExit>>,
+}
+
+fn config(url: &str, data: &Path) -> NodeConfig {
+    let mut config = NodeConfig::new(NodeId::new(), url, NODE_TOKEN, data);
+    config.agent_command = env!("CARGO_BIN_EXE_kiln-demo-agent").to_owned();
+    config.heartbeat_interval = Duration::from_millis(200);
+    config.poll_wait = Duration::from_millis(500);
+    config.reconnect_initial = Duration::from_millis(50);
+    config.reconnect_max = Duration::from_millis(400);
+    config.destroy_drain = Duration::from_secs(5);
+    config
+}
+
+async fn start_node_with(fake: Fake, url: &str, tweak: impl FnOnce(&mut NodeConfig)) -> Running {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = config(url, data.path());
+    tweak(&mut config);
+    let outbox_config = OutboxConfig {
+        batch_max_wait: Duration::from_millis(50),
+        retry_initial_interval: Duration::from_millis(50),
+        retry_max_interval: Duration::from_millis(200),
+        ..OutboxConfig::default()
+    };
+    let routes = OutboxRoutes::open(
+        &data.path().join("outbox.sqlite"),
+        outbox_config,
+        url,
+        Arc::new(SystemClock),
+    )
+    .unwrap();
+    let node = Node::start(config, Arc::new(routes)).await.unwrap();
+    let stop = node.stop_handle();
+    let node = tokio::spawn(node.run());
+    Running {
+        fake,
+        data,
+        stop,
+        node,
+    }
+}
+
+async fn start_node() -> Running {
+    let (fake, url) = start_fake().await;
+    start_node_with(fake, &url, |_| {}).await
+}
+
+struct TaskCommand {
+    workspace: WorkspaceId,
+    task: TaskId,
+    session: SessionId,
+    command: NodeCommand,
+}
+
+fn task_command(repo: &Path, prompt: &str) -> TaskCommand {
+    let workspace = WorkspaceId::new();
+    let task = TaskId::new();
+    let session = SessionId::new();
+    let command = NodeCommand::CreateWorkspace {
+        workspace_id: workspace,
+        project_id: Some(ProjectId::new()),
+        session_id: Some(session),
+        task_id: Some(task),
+        repository_url: repo.display().to_string(),
+        branch: Some(format!("task/{task}")),
+        prompt: Some(Prompt {
+            message_id: MessageId::for_task_prompt(task),
+            text: prompt.into(),
+        }),
+        callback_token: format!("ws-token-{workspace}"),
+        agent_hint: None,
+    };
+    TaskCommand {
+        workspace,
+        task,
+        session,
+        command,
+    }
+}
+
+fn is_terminal(e: &WorkspaceEvent, ws: WorkspaceId) -> bool {
+    matches!(e,
+        WorkspaceEvent::Completed { workspace_id, .. }
+        | WorkspaceEvent::Failed { workspace_id, .. }
+        | WorkspaceEvent::Cancelled { workspace_id, .. } if *workspace_id == ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_end_to_end_commits_pushes_and_is_destroyed() {
+    let run = start_node().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Add a greeting");
+    run.fake.push(t.command);
+
+    let done = run
+        .fake
+        .wait_event("completion", |e| is_terminal(e, t.workspace))
+        .await;
+    let WorkspaceEvent::Completed {
+        branch,
+        summary,
+        warning,
+        pr_url,
+        ..
+    } = done
+    else {
+        panic!("expected completed, got {done:?}")
+    };
+    let expected_branch = format!("task/{}", t.task);
+    assert_eq!(branch.as_deref(), Some(expected_branch.as_str()));
+    assert_eq!(warning, None);
+    assert_eq!(pr_url, None);
+    let summary = summary.expect("summary");
+    assert!(
+        summary.starts_with("Done: I wrote `KILN_DEMO.md`"),
+        "{summary}"
+    );
+
+    // The events came in order: started (with the branch) before completed.
+    let events = run.fake.events();
+    assert!(
+        matches!(&events[0], WorkspaceEvent::AgentStarted { branch: Some(b), .. } if *b == expected_branch),
+        "{events:?}"
+    );
+
+    // Every message reached the receiver once, in order, with its roles and tool metadata.
+    let messages = run
+        .fake
+        .wait_for(10, "six messages", |i| {
+            (i.messages.len() >= 6).then(|| i.messages.clone())
+        })
+        .await;
+    let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [
+            Role::User,
+            Role::System,
+            Role::System,
+            Role::Tool,
+            Role::Tool,
+            Role::Assistant
+        ]
+    );
+    assert!(messages.iter().all(|m| m.session_id == t.session));
+    assert_eq!(
+        messages[0].id,
+        MessageId::for_task_prompt(t.task),
+        "the prompt keeps the task's prompt id"
+    );
+    let seqs: Vec<i64> = messages.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(seqs, (1..=6).collect::<Vec<_>>());
+    let tool = messages[4].tool.clone().unwrap();
+    assert_eq!(
+        (
+            tool.tool.as_str(),
+            tool.target.as_deref(),
+            tool.status.as_deref()
+        ),
+        ("edit", Some("KILN_DEMO.md"), Some("completed"))
+    );
+    assert_eq!(run.fake.lock().duplicates, 0);
+    assert_eq!(
+        run.fake.lock().rejected_auth,
+        0,
+        "deliveries carry the workspace token"
+    );
+
+    // Live deltas carried the answer under the id it was stored with.
+    let answer = &messages[5];
+    let streamed: String = run
+        .fake
+        .lock()
+        .deltas
+        .iter()
+        .filter(|d| d.segment_id == answer.id)
+        .map(|d| d.text.as_str())
+        .collect();
+    assert_eq!(streamed, answer.content);
+
+    // The file is committed on the task branch by the Kiln Agent and pushed.
+    let log = git(
+        &bare,
+        &[
+            "log",
+            "--format=%an|%s",
+            &expected_branch,
+            "--",
+            "KILN_DEMO.md",
+        ],
+    );
+    assert!(log.starts_with("Kiln Agent|kiln: Add a greeting"), "{log}");
+    let file = git(&bare, &["show", &format!("{expected_branch}:KILN_DEMO.md")]);
+    assert!(file.contains("Task: Add a greeting"));
+
+    // Heartbeats carry the outbox and the workspace.
+    run.fake
+        .wait_for(5, "a heartbeat with the workspace", |i| {
+            i.heartbeats
+                .iter()
+                .any(|h| h.workspaces.iter().any(|w| w.workspace_id == t.workspace))
+                .then_some(())
+        })
+        .await;
+
+    // Destroy removes the directory and reports it.
+    let dir = run
+        .data
+        .path()
+        .join("workspaces")
+        .join(t.workspace.to_string());
+    assert!(dir.exists());
+    run.fake.push(NodeCommand::DestroyWorkspace {
+        workspace_id: t.workspace,
+    });
+    run.fake.wait_event("destroyed", |e| matches!(e, WorkspaceEvent::Destroyed { workspace_id } if *workspace_id == t.workspace)).await;
+    assert!(!dir.exists());
+    run.stop.send_replace(true);
+    assert_eq!(run.node.await.unwrap().unwrap(), NodeExit::Requested);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_branch_gets_a_suffix_and_a_failed_push_is_a_warning() {
+    let run = start_node().await;
+    let repos = tempfile::tempdir().unwrap();
+    let t = task_command(Path::new("unused"), "Second attempt");
+    let base = format!("task/{}", t.task);
+    let bare = bare_repo(repos.path(), &[&base]);
+    // The remote refuses every push.
+    let hook = bare.join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\necho 'pushes are closed' >&2\nexit 1\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let NodeCommand::CreateWorkspace {
+        workspace_id,
+        project_id,
+        session_id,
+        task_id,
+        branch,
+        prompt,
+        callback_token,
+        agent_hint,
+        ..
+    } = t.command
+    else {
+        unreachable!()
+    };
+    run.fake.push(NodeCommand::CreateWorkspace {
+        workspace_id,
+        project_id,
+        session_id,
+        task_id,
+        branch,
+        prompt,
+        callback_token,
+        agent_hint,
+        repository_url: bare.display().to_string(),
+    });
+    let done = run
+        .fake
+        .wait_event("completion", |e| is_terminal(e, t.workspace))
+        .await;
+    let WorkspaceEvent::Completed {
+        branch, warning, ..
+    } = done
+    else {
+        panic!("{done:?}")
+    };
+    assert_eq!(branch, Some(format!("{base}-2")));
+    let warning = warning.expect("push failure is a warning");
+    assert!(warning.contains("push failed"), "{warning}");
+    // The work is committed locally and the workspace is kept.
+    let checkout = run
+        .data
+        .path()
+        .join("workspaces")
+        .join(t.workspace.to_string())
+        .join("checkout");
+    let log = git(
+        &checkout,
+        &["log", "--format=%an", "-1", &format!("{base}-2")],
+    );
+    assert_eq!(log.trim(), "Kiln Agent");
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_crash_mid_turn_fails_keeps_the_workspace_and_delivers_what_was_said() {
+    let run = start_node().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Crash please\nkiln-demo: fail crash");
+    run.fake.push(t.command);
+    let done = run
+        .fake
+        .wait_event("failure", |e| is_terminal(e, t.workspace))
+        .await;
+    let WorkspaceEvent::Failed { error, .. } = done else {
+        panic!("{done:?}")
+    };
+    assert!(error.contains("exit status: 3"), "{error}");
+    let messages = run
+        .fake
+        .wait_for(10, "the partial answer", |i| {
+            i.messages
+                .iter()
+                .any(|m| m.role == Role::Assistant)
+                .then(|| i.messages.clone())
+        })
+        .await;
+    let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [
+            Role::User,
+            Role::System,
+            Role::System,
+            Role::Tool,
+            Role::Tool,
+            Role::Assistant
+        ]
+    );
+    assert!(
+        messages[5].content.starts_with("Done: I wr"),
+        "{}",
+        messages[5].content
+    );
+    let checkout = run
+        .data
+        .path()
+        .join("workspaces")
+        .join(t.workspace.to_string())
+        .join("checkout");
+    assert!(
+        checkout.join("KILN_DEMO.md").exists(),
+        "the workspace is kept for inspection"
+    );
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_errors_refusals_and_cancels_are_reported() {
+    let run = start_node().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let error = task_command(&bare, "kiln-demo: fail error");
+    let refuse = task_command(&bare, "kiln-demo: fail refuse");
+    let hang = task_command(&bare, "Think forever\nkiln-demo: hang");
+    let (e, r, h) = (error.workspace, refuse.workspace, hang.workspace);
+    run.fake.push(error.command);
+    run.fake.push(refuse.command);
+    run.fake.push(hang.command);
+    let failed = run.fake.wait_event("error", |ev| is_terminal(ev, e)).await;
+    assert!(
+        matches!(&failed, WorkspaceEvent::Failed { error, .. } if error.contains("simulated agent error")),
+        "{failed:?}"
+    );
+    let refused = run
+        .fake
+        .wait_event("refusal", |ev| is_terminal(ev, r))
+        .await;
+    assert!(
+        matches!(&refused, WorkspaceEvent::Failed { error, .. } if error.contains("refused")),
+        "{refused:?}"
+    );
+    run.fake.wait_event("hang started", |ev| matches!(ev, WorkspaceEvent::AgentStarted { workspace_id, .. } if *workspace_id == h)).await;
+    // Wait until the hanging turn is under way (its plan arrived), then cancel it.
+    run.fake
+        .wait_for(10, "the hanging turn's plan", |i| {
+            i.messages
+                .iter()
+                .any(|m| {
+                    m.session_id == hang.session
+                        && m.tool.as_ref().is_some_and(|t| t.tool == "plan")
+                })
+                .then_some(())
+        })
+        .await;
+    run.fake.push(NodeCommand::Cancel { workspace_id: h });
+    let cancelled = run.fake.wait_event("cancel", |ev| is_terminal(ev, h)).await;
+    assert!(
+        matches!(cancelled, WorkspaceEvent::Cancelled { .. }),
+        "{cancelled:?}"
+    );
+    // The thought streamed before the cancel is kept.
+    run.fake
+        .wait_for(10, "the hanging turn's thought", |i| {
+            i.messages
+                .iter()
+                .any(|m| {
+                    m.session_id == hang.session
+                        && m.tool.as_ref().is_some_and(|t| t.tool == "thought")
+                })
+                .then_some(())
+        })
+        .await;
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chat_keeps_its_session_between_prompts_and_no_project_persists_nothing() {
+    let run = start_node().await;
+    let chat = WorkspaceId::new();
+    let session = SessionId::new();
+    run.fake.push(NodeCommand::CreateWorkspace {
+        workspace_id: chat,
+        project_id: Some(ProjectId::new()),
+        session_id: Some(session),
+        task_id: None,
+        repository_url: String::new(),
+        branch: None,
+        prompt: Some(Prompt {
+            message_id: MessageId::new(),
+            text: "hello".into(),
+        }),
+        callback_token: "chat-token".into(),
+        agent_hint: None,
+    });
+    run.fake
+        .wait_for(10, "first answer", |i| {
+            i.messages
+                .iter()
+                .any(|m| m.role == Role::Assistant)
+                .then_some(())
+        })
+        .await;
+    let follow_up = MessageId::new();
+    run.fake.push(NodeCommand::Prompt {
+        workspace_id: chat,
+        prompt: Prompt {
+            message_id: follow_up,
+            text: "and again".into(),
+        },
+    });
+    let messages = run
+        .fake
+        .wait_for(10, "second answer", |i| {
+            (i.messages
+                .iter()
+                .filter(|m| m.role == Role::Assistant)
+                .count()
+                == 2)
+                .then(|| i.messages.clone())
+        })
+        .await;
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.id == follow_up && m.role == Role::User)
+    );
+    assert!(
+        !run.fake.events().iter().any(|e| is_terminal(e, chat)),
+        "a chat does not complete on end_turn"
+    );
+
+    // Without a project the workspace runs (and completes) but nothing is persisted.
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let mut t = task_command(&bare, "no project");
+    if let NodeCommand::CreateWorkspace { project_id, .. } = &mut t.command {
+        *project_id = None;
+    }
+    run.fake.push(t.command);
+    let done = run
+        .fake
+        .wait_event("projectless completion", |e| is_terminal(e, t.workspace))
+        .await;
+    assert!(matches!(done, WorkspaceEvent::Completed { .. }), "{done:?}");
+    assert!(
+        !run.fake
+            .messages()
+            .iter()
+            .any(|m| m.session_id == t.session)
+    );
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_reconnects_after_an_outage_and_stops_on_410() {
+    // Nothing listens at first: the node keeps retrying.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = probe.local_addr().unwrap();
+    drop(probe);
+    let url = format!("http://{addr}");
+    let (placeholder, _) = start_fake().await;
+    let run = start_node_with(placeholder, &url, |_| {}).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (fake, _) = common::start_fake_on(addr).await;
+    fake.wait_for(10, "hello after the outage", |i| {
+        (!i.hellos.is_empty()).then_some(())
+    })
+    .await;
+    fake.gone.store(true, std::sync::atomic::Ordering::Relaxed);
+    let exit = tokio::time::timeout(Duration::from_secs(10), run.node)
+        .await
+        .expect("node stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, NodeExit::Stopped);
+}
