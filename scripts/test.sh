@@ -14,6 +14,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "PostgreSQL"
 bash .ci/postgres.sh
 
+step "System tools the tests call (cloud-init)"
+bash scripts/test-deps.sh
+
 if [ -x scripts/browser-deps.sh ]; then
   step "Browser test dependencies"
   bash scripts/browser-deps.sh

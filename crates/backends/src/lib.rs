@@ -51,3 +51,8 @@ pub use sqlite::{SqliteConfig, SqliteStore};
 pub mod postgres;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresStore};
+
+#[cfg(feature = "hetzner")]
+pub mod hetzner;
+#[cfg(feature = "vault")]
+pub mod vault;
