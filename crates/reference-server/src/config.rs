@@ -12,15 +12,16 @@
 //! | `--provider` | `KILN_PROVIDER` | `provider` | `local` (`kiln-node` processes on this machine) |
 //! | `--node-command` | `KILN_NODE_COMMAND` | `node_command` | `kiln-node` next to the `kiln` binary, else on `PATH` |
 //! | `--agent-command` | `KILN_AGENT_COMMAND` | `agent_command` | `kiln-demo-agent` next to the `kiln` binary, else on `PATH` |
-//! | `--node-warm-timeout-ms` | `NODE_WARM_TIMEOUT_MS` | `node_warm_timeout_ms` | `1800000` (30 min) |
-//! | `--max-auto-node-lifetime-ms` | `MAX_AUTO_NODE_LIFETIME_MS` | `max_auto_node_lifetime_ms` | `14400000` (4 h) |
-//! | `--node-cleanup-grace-period-ms` | `NODE_CLEANUP_GRACE_PERIOD_MS` | `node_cleanup_grace_period_ms` | `2700000` (45 min) |
-//! | `--sweep-interval-ms` | `KILN_SWEEP_INTERVAL_MS` | `sweep_interval_ms` | `900000` (15 min) |
 //! | `--callback-token-ttl-secs` | `KILN_CALLBACK_TOKEN_TTL_SECS` | `callback_token_ttl_secs` | `86400` (node and workspace tokens) |
 //! | `--session-ttl-secs` | `KILN_SESSION_TTL_SECS` | `session_ttl_secs` | `2592000` (30 days, browser sessions) |
 //! | `--login-link` | `KILN_LOGIN_LINK` | `login_link` | `true` (print a one-time login link at start) |
 //! | `--shutdown-grace-ms` | `KILN_SHUTDOWN_GRACE_MS` | `shutdown_grace_ms` | `10000` (in-flight requests at shutdown) |
+//! | — | `NODE_WARM_TIMEOUT_MS`, `MAX_AUTO_NODE_LIFETIME_MS`, `NODE_CLEANUP_GRACE_PERIOD_MS`, `NODE_SWEEP_INTERVAL_MS`, … | `[pool]` table, same names | the pool's and runner's settings, passed through to [`kiln_pool::Settings`] (see `kiln_pool`'s documentation for each default) |
+//!
+//! SQLite and PostgreSQL tuning (`KILN_SQLITE_MAX_CONNECTIONS`, `KILN_PG_…`) is read by
+//! `kiln_backends` from the environment.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,19 +60,6 @@ pub struct ServeArgs {
     /// The ACP agent command nodes run. Default: kiln-demo-agent.
     #[arg(long, env = "KILN_AGENT_COMMAND")]
     pub agent_command: Option<String>,
-    /// How long an idle auto-provisioned node stays warm. Default: 1800000.
-    #[arg(long, env = "NODE_WARM_TIMEOUT_MS")]
-    pub node_warm_timeout_ms: Option<u64>,
-    /// The longest an auto-provisioned node lives. Default: 14400000.
-    #[arg(long, env = "MAX_AUTO_NODE_LIFETIME_MS")]
-    pub max_auto_node_lifetime_ms: Option<u64>,
-    /// How long past its deadline a warm node may linger before the sweep deletes it.
-    /// Default: 2700000.
-    #[arg(long, env = "NODE_CLEANUP_GRACE_PERIOD_MS")]
-    pub node_cleanup_grace_period_ms: Option<u64>,
-    /// How often the reconciliation sweep runs. Default: 900000.
-    #[arg(long, env = "KILN_SWEEP_INTERVAL_MS")]
-    pub sweep_interval_ms: Option<u64>,
     /// Lifetime of node and workspace callback tokens. Default: 86400.
     #[arg(long, env = "KILN_CALLBACK_TOKEN_TTL_SECS")]
     pub callback_token_ttl_secs: Option<u64>,
@@ -98,14 +86,13 @@ struct FileConfig {
     provider: Option<String>,
     node_command: Option<String>,
     agent_command: Option<String>,
-    node_warm_timeout_ms: Option<u64>,
-    max_auto_node_lifetime_ms: Option<u64>,
-    node_cleanup_grace_period_ms: Option<u64>,
-    sweep_interval_ms: Option<u64>,
     callback_token_ttl_secs: Option<u64>,
     session_ttl_secs: Option<u64>,
     login_link: Option<bool>,
     shutdown_grace_ms: Option<u64>,
+    /// The pool's settings by their environment names.
+    #[serde(default)]
+    pool: BTreeMap<String, toml::Value>,
 }
 
 /// A configuration problem, reported before anything starts.
@@ -156,14 +143,6 @@ pub struct Config {
     pub node_command: String,
     /// Agent command.
     pub agent_command: String,
-    /// Warm timeout.
-    pub node_warm_timeout: Duration,
-    /// Max node lifetime.
-    pub max_auto_node_lifetime: Duration,
-    /// Cleanup grace period.
-    pub node_cleanup_grace_period: Duration,
-    /// Sweep interval.
-    pub sweep_interval: Duration,
     /// Callback token lifetime.
     pub callback_token_ttl: Duration,
     /// Browser session lifetime.
@@ -172,6 +151,8 @@ pub struct Config {
     pub login_link: bool,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
+    /// The pool's and runner's settings (environment over the `[pool]` table over defaults).
+    pub pool: kiln_pool::Settings,
 }
 
 impl Default for Config {
@@ -258,22 +239,6 @@ impl Config {
                 .agent_command
                 .or(file.agent_command)
                 .unwrap_or_else(|| sibling_binary("kiln-demo-agent")),
-            node_warm_timeout: ms(
-                args.node_warm_timeout_ms,
-                file.node_warm_timeout_ms,
-                1_800_000,
-            ),
-            max_auto_node_lifetime: ms(
-                args.max_auto_node_lifetime_ms,
-                file.max_auto_node_lifetime_ms,
-                14_400_000,
-            ),
-            node_cleanup_grace_period: ms(
-                args.node_cleanup_grace_period_ms,
-                file.node_cleanup_grace_period_ms,
-                2_700_000,
-            ),
-            sweep_interval: ms(args.sweep_interval_ms, file.sweep_interval_ms, 900_000),
             callback_token_ttl: secs(
                 args.callback_token_ttl_secs,
                 file.callback_token_ttl_secs,
@@ -282,14 +247,9 @@ impl Config {
             session_ttl: secs(args.session_ttl_secs, file.session_ttl_secs, 2_592_000),
             login_link: args.login_link.or(file.login_link).unwrap_or(true),
             shutdown_grace: ms(args.shutdown_grace_ms, file.shutdown_grace_ms, 10_000),
+            pool: pool_settings(&file.pool)?,
             data_dir,
         };
-        if config.sweep_interval.is_zero() {
-            return Err(ConfigError::Invalid {
-                name: "sweep_interval_ms",
-                message: "must be positive".into(),
-            });
-        }
         if config.callback_token_ttl.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "callback_token_ttl_secs",
@@ -304,6 +264,24 @@ impl Config {
     pub fn is_postgres(&self) -> bool {
         self.database_url.starts_with("postgres")
     }
+}
+
+/// The pool's settings: each variable from the environment, else the `[pool]` table.
+fn pool_settings(
+    table: &BTreeMap<String, toml::Value>,
+) -> Result<kiln_pool::Settings, ConfigError> {
+    kiln_pool::Settings::from_lookup(|name| {
+        std::env::var(name).ok().or_else(|| {
+            table.get(name).map(|v| match v {
+                toml::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+        })
+    })
+    .map_err(|e| ConfigError::Invalid {
+        name: e.name,
+        message: e.to_string(),
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -331,8 +309,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.database_url, "sqlite:///tmp/kd/kiln.db");
         assert_eq!(c.public_url, "http://127.0.0.1:8080");
-        assert_eq!(c.node_warm_timeout, Duration::from_secs(1800));
-        assert_eq!(c.sweep_interval, Duration::from_secs(900));
+        assert_eq!(c.pool, kiln_pool::Settings::from_env().unwrap());
         assert!(c.login_link);
     }
 
@@ -342,18 +319,21 @@ mod tests {
         let path = dir.path().join("kiln.toml");
         std::fs::write(
             &path,
-            "listen = \"127.0.0.1:9000\"\nnode_warm_timeout_ms = 5\ndatabase_url = \"postgres://x/y\"\n",
+            "listen = \"127.0.0.1:9000\"\ndatabase_url = \"postgres://x/y\"\nshutdown_grace_ms = 5\n[pool]\nTASK_TICK_INTERVAL_MS = 1234\n",
         )
         .unwrap();
         let c = Config::resolve(ServeArgs {
             config: Some(path.clone()),
-            node_warm_timeout_ms: Some(7),
+            shutdown_grace_ms: Some(7),
             ..ServeArgs::default()
         })
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.public_url, "http://127.0.0.1:9000");
-        assert_eq!(c.node_warm_timeout, Duration::from_millis(7));
+        assert_eq!(c.shutdown_grace, Duration::from_millis(7));
+        if std::env::var_os("TASK_TICK_INTERVAL_MS").is_none() {
+            assert_eq!(c.pool.task_tick_interval, Duration::from_millis(1234));
+        }
         assert!(c.is_postgres());
         std::fs::write(&path, "colour = \"blue\"\n").unwrap();
         let err = Config::resolve(ServeArgs {

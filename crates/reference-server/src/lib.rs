@@ -8,11 +8,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod error;
 pub mod live;
 pub mod openapi;
+pub mod runner;
+pub mod server;
 pub mod state;
 pub mod tokens;
 pub mod ui;

@@ -15,16 +15,17 @@ use crate::error::ApiError;
 use crate::live::LiveHub;
 use crate::tokens::TokenSigner;
 
-/// What the API asks of the task runner. The API applies the user's own transitions (run,
-/// re-run, cancel) to the stored task with a compare-and-set, then tells the driver, which
-/// acquires nodes, starts and stops workspaces, and applies what nodes report.
+/// What the API asks of the task runner, which owns every transition of a task's run:
+/// acquiring nodes, starting and stopping workspaces, and applying what nodes report.
+/// [`crate::runner::PoolDriver`] is the real one.
 #[async_trait]
 pub trait TaskDriver: Send + Sync + fmt::Debug + 'static {
-    /// The task was just moved to `queued`: acquire a node and start it.
-    async fn queued(&self, task: &Task);
-    /// The task was just cancelled by its user: stop its agent if one runs (the workspace
-    /// is kept).
-    async fn cancelled(&self, task: &Task);
+    /// Runs a draft or ready task (queued at once; the run goes on in the background).
+    async fn run(&self, task: TaskId) -> Result<Task, ApiError>;
+    /// Runs a failed or cancelled task again.
+    async fn rerun(&self, task: TaskId) -> Result<Task, ApiError>;
+    /// Cancels a task; its agent is stopped and its workspace kept.
+    async fn cancel(&self, task: TaskId) -> Result<Task, ApiError>;
     /// A node's agent host said hello (it is ready).
     async fn node_ready(&self, node: NodeId) -> Result<(), ApiError>;
     /// A node reported what happened to one of its workspaces.

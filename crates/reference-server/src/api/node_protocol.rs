@@ -46,6 +46,28 @@ impl FromRequestParts<AppState> for Callback {
     }
 }
 
+/// The node of a node-protocol request: the token is a node token for the node in the path,
+/// and the node has not been stopped (else 401/403, or 410 `node_stopped`). Checked before
+/// the body is read.
+#[derive(Debug, Clone)]
+pub struct AuthorizedNode(pub Node);
+
+impl FromRequestParts<AppState> for AuthorizedNode {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Callback(claims) = Callback::from_request_parts(parts, state).await?;
+        let Path(params) =
+            Path::<std::collections::HashMap<String, String>>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let raw = params
+            .get("nodeId")
+            .ok_or_else(|| ApiError::internal("node route without a nodeId"))?;
+        Ok(Self(authorized_node(state, &claims, raw).await?))
+    }
+}
+
 /// 410 Gone, `node_stopped`: the node must stop everything.
 fn node_stopped() -> ApiError {
     ApiError::new(
@@ -80,11 +102,9 @@ async fn authorized_node(state: &AppState, claims: &CallbackClaims, raw: &str) -
 
 pub(crate) async fn hello(
     State(state): State<AppState>,
-    Callback(claims): Callback,
-    Path(id): Path<String>,
+    AuthorizedNode(node): AuthorizedNode,
     ApiJson(body): ApiJson<NodeHello>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let node = authorized_node(&state, &claims, &id).await?;
     if body.node_id != node.id {
         return Err(ApiError::bad_request("nodeId does not match the path"));
     }
@@ -102,11 +122,9 @@ pub(crate) async fn hello(
 
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
-    Callback(claims): Callback,
-    Path(id): Path<String>,
+    AuthorizedNode(node): AuthorizedNode,
     ApiJson(body): ApiJson<Heartbeat>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let node = authorized_node(&state, &claims, &id).await?;
     if body.node_id != node.id {
         return Err(ApiError::bad_request("nodeId does not match the path"));
     }
@@ -160,11 +178,9 @@ fn event_workspace(event: &WorkspaceEvent) -> WorkspaceId {
 
 pub(crate) async fn events(
     State(state): State<AppState>,
-    Callback(claims): Callback,
-    Path(id): Path<String>,
+    AuthorizedNode(node): AuthorizedNode,
     ApiJson(event): ApiJson<WorkspaceEvent>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let node = authorized_node(&state, &claims, &id).await?;
     let workspace_id = event_workspace(&event);
     match state.store.get_workspace(workspace_id).await? {
         Some(w) if w.node_id == node.id => {}
@@ -177,11 +193,9 @@ pub(crate) async fn events(
 
 pub(crate) async fn deltas(
     State(state): State<AppState>,
-    Callback(claims): Callback,
-    Path(id): Path<String>,
+    AuthorizedNode(node): AuthorizedNode,
     ApiJson(batch): ApiJson<DeltaBatch>,
 ) -> ApiResult<impl IntoResponse> {
-    let node = authorized_node(&state, &claims, &id).await?;
     let mut known = std::collections::HashMap::new();
     for delta in &batch.deltas {
         let workspace = match known.get(&delta.workspace_id) {

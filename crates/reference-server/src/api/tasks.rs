@@ -114,7 +114,7 @@ pub(crate) async fn create(
         created_at: now,
         updated_at: now,
     };
-    let mut task = Task {
+    let task = Task {
         id: task_id,
         project_id: project.id,
         owner: user.id(),
@@ -136,9 +136,6 @@ pub(crate) async fn create(
         created_at: now,
         updated_at: now,
     };
-    if body.run_now {
-        task.apply(&TaskEvent::Run, now)?;
-    }
     state.store.create_session(&session).await?;
     state.store.create_task(&task).await?;
     state
@@ -157,9 +154,11 @@ pub(crate) async fn create(
         )
         .await?;
     state.announce_task(&task).await;
-    if task.status == TaskStatus::Queued {
-        state.driver.queued(&task).await;
-    }
+    let task = if body.run_now {
+        state.driver.run(task.id).await?
+    } else {
+        task
+    };
     Ok((StatusCode::CREATED, Json(task)))
 }
 
@@ -276,40 +275,13 @@ fn conflict_as_changed(err: StoreError) -> ApiError {
     }
 }
 
-/// Applies a user's event to a task with a compare-and-set, retrying once if the task moved
-/// meanwhile (the state machine then decides again on the fresh state).
-async fn apply_user_event(
-    state: &AppState,
-    user: &CurrentUser,
-    id: TaskId,
-    event: &TaskEvent,
-) -> ApiResult<Task> {
-    for _ in 0..3 {
-        let mut task = state.owned_task(user.id(), id).await?;
-        let expected = task.status;
-        task.apply(event, state.clock.now())?;
-        match state.store.update_task(&task, expected).await {
-            Ok(()) => {
-                state.announce_task(&task).await;
-                return Ok(task);
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::conflict(
-        "the task keeps changing; reload and retry",
-    ))
-}
-
 pub(crate) async fn run(
     State(state): State<AppState>,
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
-    let task = apply_user_event(&state, &user, parse_id(&id, "task")?, &TaskEvent::Run).await?;
-    state.driver.queued(&task).await;
-    Ok(Json(task))
+    let task = state.owned_task(user.id(), parse_id(&id, "task")?).await?;
+    Ok(Json(state.driver.run(task.id).await?))
 }
 
 pub(crate) async fn rerun(
@@ -317,9 +289,8 @@ pub(crate) async fn rerun(
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
-    let task = apply_user_event(&state, &user, parse_id(&id, "task")?, &TaskEvent::Rerun).await?;
-    state.driver.queued(&task).await;
-    Ok(Json(task))
+    let task = state.owned_task(user.id(), parse_id(&id, "task")?).await?;
+    Ok(Json(state.driver.rerun(task.id).await?))
 }
 
 pub(crate) async fn cancel(
@@ -327,9 +298,8 @@ pub(crate) async fn cancel(
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
-    let task = apply_user_event(&state, &user, parse_id(&id, "task")?, &TaskEvent::Cancel).await?;
-    state.driver.cancelled(&task).await;
-    Ok(Json(task))
+    let task = state.owned_task(user.id(), parse_id(&id, "task")?).await?;
+    Ok(Json(state.driver.cancel(task.id).await?))
 }
 
 pub(crate) async fn delete(

@@ -1,12 +1,10 @@
-//! A real server on 127.0.0.1 over a memory store, with a driver that records what it is
-//! told, and helpers for users, nodes and workspaces.
+//! A real server on 127.0.0.1 over a memory store and a memory provider, with the real pool
+//! and runner; helpers play users and nodes.
 #![allow(dead_code, missing_docs)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
-use kiln_core::memory::MemoryStore;
-use kiln_core::protocol::WorkspaceEvent;
+use kiln_core::memory::{MemoryProvider, MemoryStore};
 use kiln_core::{
     LifecycleClock, Node, NodeId, NodeState, NodeStore, Project, SessionStore, SystemClock, Task,
     TaskStore, User, UserId, UserStore, VmSize, Workspace, WorkspaceId, WorkspaceStatus,
@@ -14,70 +12,52 @@ use kiln_core::{
 use kiln_server::auth::{LOGIN_TOKEN_NAME, issue_token};
 use kiln_server::commands::CommandQueues;
 use kiln_server::live::LiveHub;
+use kiln_server::runner::{NodeController, PoolDriver, TokenBootstrap};
 use kiln_server::tokens::TokenSigner;
-use kiln_server::{ApiError, AppState, Settings, TaskDriver, app};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Call {
-    Queued(kiln_core::TaskId),
-    Cancelled(kiln_core::TaskId),
-    NodeReady(NodeId),
-    Event(NodeId, WorkspaceEvent),
-}
-
-#[derive(Debug, Default)]
-pub struct RecordingDriver {
-    pub calls: Mutex<Vec<Call>>,
-}
-
-impl RecordingDriver {
-    pub fn calls(&self) -> Vec<Call> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-#[async_trait]
-impl TaskDriver for RecordingDriver {
-    async fn queued(&self, task: &Task) {
-        self.calls.lock().unwrap().push(Call::Queued(task.id));
-    }
-    async fn cancelled(&self, task: &Task) {
-        self.calls.lock().unwrap().push(Call::Cancelled(task.id));
-    }
-    async fn node_ready(&self, node: NodeId) -> Result<(), ApiError> {
-        self.calls.lock().unwrap().push(Call::NodeReady(node));
-        Ok(())
-    }
-    async fn workspace_event(&self, node: NodeId, event: &WorkspaceEvent) -> Result<(), ApiError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(Call::Event(node, event.clone()));
-        Ok(())
-    }
-}
+use kiln_server::{AppState, Settings, app};
 
 pub struct TestServer {
     pub url: String,
     pub state: AppState,
     pub store: Arc<MemoryStore>,
-    pub driver: Arc<RecordingDriver>,
+    pub runner: kiln_pool::TaskRunner,
     pub http: reqwest::Client,
 }
 
 impl TestServer {
     pub async fn start() -> Self {
         let store = Arc::new(MemoryStore::new());
-        let driver = Arc::new(RecordingDriver::default());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
+        let clock: Arc<dyn LifecycleClock> = Arc::new(SystemClock);
+        let signer = TokenSigner::new(b"test-secret-key-of-32-bytes-long".to_vec());
+        let commands = Arc::new(CommandQueues::new());
+        let ttl = std::time::Duration::from_secs(3600);
+        let pool = kiln_pool::WarmPool::new(
+            store.clone(),
+            Arc::new(MemoryProvider::new()),
+            clock.clone(),
+            kiln_pool::Settings {
+                ready_poll_interval: std::time::Duration::from_millis(50),
+                ..kiln_pool::Settings::default()
+            },
+        )
+        .with_bootstrap(Arc::new(TokenBootstrap {
+            control_plane_url: url.clone(),
+            signer: signer.clone(),
+            clock: clock.clone(),
+            token_ttl: ttl,
+            env: Default::default(),
+        }));
+        let controller = NodeController::new(commands.clone(), signer.clone(), clock.clone(), ttl);
+        let runner = kiln_pool::TaskRunner::new(Arc::new(pool), Arc::new(controller));
         let state = AppState {
             store: store.clone(),
-            clock: Arc::new(SystemClock),
-            signer: TokenSigner::new(b"test-secret-key-of-32-bytes-long".to_vec()),
-            commands: Arc::new(CommandQueues::new()),
+            clock,
+            signer,
+            commands,
             live: Arc::new(LiveHub::default()),
-            driver: driver.clone(),
+            driver: Arc::new(PoolDriver::new(runner.clone())),
             settings: Arc::new(Settings {
                 public_url: url.clone(),
                 ..Settings::default()
@@ -89,7 +69,7 @@ impl TestServer {
             url,
             state,
             store,
-            driver,
+            runner,
             http: reqwest::Client::new(),
         }
     }
@@ -212,6 +192,75 @@ impl TestServer {
             .unwrap();
     }
 
+    /// Waits for the provisioning node of `owner` the pool asked for, and says hello as its
+    /// agent host would; returns the node and its token.
+    pub async fn boot_node(&self, owner: UserId) -> (NodeId, String) {
+        let node = wait_for(|| async {
+            self.store
+                .list_nodes(&kiln_core::NodeQuery {
+                    owner: Some(owner),
+                    states: vec![NodeState::Provisioning],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|n| n.provider_id.is_some())
+        })
+        .await;
+        let token = self.state.signer.node_token(
+            node.id,
+            self.state.clock.now(),
+            self.state.token_expiry(),
+        );
+        let r = self
+            .http
+            .post(self.url(&format!("/api/nodes/{}/hello", node.id)))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"nodeId": node.id, "version": "test", "workspaces": []}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
+        (node.id, token)
+    }
+
+    /// Polls the node's commands like its agent host.
+    pub async fn poll(
+        &self,
+        node: NodeId,
+        token: &str,
+        after: u64,
+    ) -> kiln_core::protocol::CommandBatch {
+        let r = self
+            .http
+            .get(self.url(&format!(
+                "/api/nodes/{node}/commands?after={after}&waitMs=2000"
+            )))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().await.unwrap()
+    }
+
+    /// Posts a workspace event like a node.
+    pub async fn event(
+        &self,
+        node: NodeId,
+        token: &str,
+        event: serde_json::Value,
+    ) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/api/nodes/{node}/events")))
+            .bearer_auth(token)
+            .json(&event)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn get_task(&self, id: kiln_core::TaskId) -> Task {
         self.store.get_task(id).await.unwrap().unwrap()
     }
@@ -233,4 +282,19 @@ pub async fn error_code(r: reqwest::Response) -> (u16, serde_json::Value) {
         "{body}"
     );
     (status, body)
+}
+
+/// Waits (up to 10 s) until `f` yields something.
+pub async fn wait_for<T, F, Fut>(f: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..1000 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting");
 }
