@@ -579,3 +579,26 @@ async fn deadline_passed(
     };
     clock.sleep_until(deadline).await;
 }
+
+#[cfg(test)]
+impl Flusher {
+    /// A flusher driven by hand through [`step`](Self::step), with no shutdown deadline.
+    pub(crate) fn for_test(
+        outbox: &Outbox,
+        router: Arc<dyn SinkRouter>,
+        clock: Arc<dyn LifecycleClock>,
+        seed: u64,
+    ) -> Self {
+        let (_stop, stop_rx) = watch::channel(None);
+        Self::new(
+            outbox.clone(),
+            router,
+            clock,
+            Arc::new(Shared::default()),
+            FlusherOptions {
+                jitter_seed: Some(seed),
+            },
+            stop_rx,
+        )
+    }
+}

@@ -1,6 +1,7 @@
 //! Unit tests that need the crate's internals (the commit-failure hook, the flusher step).
 
 mod group_commit;
+mod model;
 
 use kiln_core::{ChatMessage, LifecycleClock, ManualClock, MessageId, Role, SessionId};
 
