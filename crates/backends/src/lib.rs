@@ -7,7 +7,10 @@
 //! - `postgres`: [`PostgresStore`], the store several server replicas share: claims with
 //!   `FOR UPDATE SKIP LOCKED`, the change feed over `LISTEN/NOTIFY`;
 //! - `local`: the local node provider (nodes are `kiln-node` processes on this machine);
-//! - `hetzner`: the Hetzner Cloud node provider.
+//! - `hetzner`: the Hetzner Cloud node provider (`hetzner` module: API client, cloud-init
+//!   generation; enables `vault`);
+//! - `hetzner-fake`: a fake Hetzner Cloud API on 127.0.0.1 for tests and end-to-end runs;
+//! - `vault`: AES-256-GCM sealing of provider credentials at rest (`vault` module).
 //!
 //! Both stores implement every store trait of `kiln-core` ([`Store`](kiln_core::Store)) and
 //! pass its conformance suite. Their schemas are embedded migrations

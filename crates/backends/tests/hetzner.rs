@@ -31,6 +31,10 @@ async fn setup_with(options: FakeOptions) -> (FakeHetzner, HetznerProvider) {
     (fake, provider)
 }
 
+fn provider_with(fake: &FakeHetzner, settings: HetznerSettings) -> HetznerProvider {
+    HetznerProvider::new(settings, fake.token(), Arc::new(SystemClock)).unwrap()
+}
+
 async fn setup() -> (FakeHetzner, HetznerProvider) {
     setup_with(FakeOptions::default()).await
 }
@@ -448,4 +452,85 @@ async fn a_permanent_failure_while_polling_ends_create() {
         provider.create(&spec()).await,
         Err(ProviderError::Unauthorized { .. })
     ));
+}
+
+#[tokio::test]
+async fn a_rate_limit_while_polling_past_the_deadline_ends_create_with_the_reset() {
+    let (fake, _) = setup().await;
+    let provider = provider_with(
+        &fake,
+        HetznerSettings {
+            create_timeout: Duration::from_secs(2),
+            ..settings(&fake)
+        },
+    );
+    fake.fail_next(
+        Endpoint::GetAction,
+        1,
+        FakeFailure::RateLimited {
+            reset_in: Duration::from_secs(60),
+        },
+    );
+    let spec = spec();
+    let error = provider.create(&spec).await.unwrap_err();
+    assert!(
+        matches!(error, ProviderError::RateLimited { retry_after: Some(after) } if after > Duration::from_secs(50)),
+        "{error:?}"
+    );
+    // The server is kept: the next create for the node picks it up.
+    let node = setup_provider_for(&fake)
+        .create(&spec)
+        .await
+        .expect("resumed");
+    assert_eq!(fake.create_requests().len(), 1);
+    assert_eq!(node.node_id, Some(spec.node_id));
+}
+
+fn setup_provider_for(fake: &FakeHetzner) -> HetznerProvider {
+    provider_with(fake, settings(fake))
+}
+
+#[tokio::test]
+async fn a_slow_delete_is_retryable_and_the_next_destroy_finishes_it() {
+    let (fake, _) = setup_with(FakeOptions {
+        action_delay: Duration::from_millis(300),
+        ..FakeOptions::default()
+    })
+    .await;
+    let impatient = provider_with(
+        &fake,
+        HetznerSettings {
+            delete_timeout: Duration::from_millis(40),
+            ..settings(&fake)
+        },
+    );
+    let id = fake
+        .insert_server("kiln-slow", kiln_labels(NodeId::new()))
+        .to_string();
+    let error = impatient.destroy(&id).await.unwrap_err();
+    assert!(error.is_retryable(), "{error:?}");
+    assert_eq!(fake.servers()[0].status, "deleting");
+    setup_provider_for(&fake)
+        .destroy(&id)
+        .await
+        .expect("the delete completes");
+    assert!(fake.servers().is_empty());
+}
+
+#[tokio::test]
+async fn the_journal_limit_setting_reaches_the_user_data() {
+    let (fake, _) = setup().await;
+    let provider = provider_with(
+        &fake,
+        HetznerSettings {
+            journal_max_use: "321M".into(),
+            server_name_prefix: "k".into(),
+            ..settings(&fake)
+        },
+    );
+    let spec = spec();
+    provider.create(&spec).await.unwrap();
+    let [request] = fake.create_requests().try_into().unwrap();
+    assert!(request.user_data.unwrap().contains("SystemMaxUse=321M"));
+    assert_eq!(request.name, format!("k-{}", spec.node_id));
 }

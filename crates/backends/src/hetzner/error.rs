@@ -80,7 +80,7 @@ pub fn classify(failure: &Failure<'_>, now: Timestamp) -> ProviderError {
             message: if *timed_out {
                 format!("Hetzner API request timed out: {message}")
             } else {
-                format!("Hetzner API unreachable: {message}")
+                format!("Hetzner API call failed: {message}")
             },
         },
         Failure::Action {

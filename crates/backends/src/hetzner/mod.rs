@@ -55,7 +55,7 @@
 //!
 //! ## The fake
 //!
-//! With the `hetzner-fake` feature, [`fake::FakeHetzner`] serves the same API shapes on
+//! With the `hetzner-fake` feature, `fake::FakeHetzner` serves the same API shapes on
 //! 127.0.0.1 (servers boot after a delay, actions progress, label selectors and pagination
 //! work, failures can be injected), so no test ever contacts the real Hetzner API.
 //!
