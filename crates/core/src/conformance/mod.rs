@@ -13,6 +13,7 @@
 //! # });
 //! ```
 
+mod edges;
 mod fixtures;
 mod nodes;
 mod provider;
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use crate::store::Store;
 
+pub use edges::*;
 pub use fixtures::Fixture;
 pub use nodes::*;
 pub use provider::provider_suite;
@@ -52,7 +54,13 @@ pub async fn store_suite(store: Arc<dyn Store>) {
     concurrent_claimers_of_one_warm_node_have_exactly_one_winner(store.clone()).await;
     node_transitions_are_guarded(store.clone()).await;
     node_queries_serve_the_sweeps(store.clone()).await;
-    users_have_unique_names_and_hashed_tokens(store).await;
+    users_have_unique_names_and_hashed_tokens(store.clone()).await;
+    a_batch_spanning_sessions_numbers_each_session_on_its_own(store.clone()).await;
+    a_batch_larger_than_one_statement_is_stored_whole(store.clone()).await;
+    ties_in_order_break_by_id(store.clone()).await;
+    deleting_a_task_keeps_its_session(store.clone()).await;
+    editing_a_message_moves_its_session(store.clone()).await;
+    workspace_listing_by_owner_excludes_other_owners(store).await;
 }
 
 #[cfg(test)]
