@@ -15,12 +15,8 @@ use crate::sql_common::Feed;
 /// PostgreSQL's limit on a notification payload, in bytes (less one for the terminator).
 const MAX_PAYLOAD: usize = 7999;
 
-/// Announces `event` on `channel` through `executor` (a transaction or the pool).
-pub(super) async fn notify<'e>(
-    executor: impl Executor<'e, Database = Postgres>,
-    channel: &str,
-    event: &StoreEvent,
-) -> Result<(), StoreError> {
+/// The notification payload of `event`: its JSON, small by design.
+pub(super) fn payload(event: &StoreEvent) -> Result<String, StoreError> {
     let payload = serde_json::to_string(event).map_err(|e| StoreError::Invalid {
         message: format!("event not serializable: {e}"),
     })?;
@@ -29,9 +25,18 @@ pub(super) async fn notify<'e>(
             message: format!("event of {} bytes exceeds the notify limit", payload.len()),
         });
     }
+    Ok(payload)
+}
+
+/// Announces `event` on `channel` through `executor` (a transaction or the pool).
+pub(super) async fn notify<'e>(
+    executor: impl Executor<'e, Database = Postgres>,
+    channel: &str,
+    event: &StoreEvent,
+) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(channel)
-        .bind(payload)
+        .bind(payload(event)?)
         .execute(executor)
         .await
         .map_err(map_err)?;

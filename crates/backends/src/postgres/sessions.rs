@@ -12,7 +12,7 @@ use kiln_core::{
 use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::feed::notify;
+use super::feed::{notify, payload};
 use super::rows::{self, MESSAGE_COLUMNS, PROJECT_COLUMNS, SESSION_COLUMNS};
 use super::{PostgresStore, map_err};
 use crate::sql_common::{
@@ -373,11 +373,20 @@ impl PostgresStore {
             tracing::debug!("a message id of the batch was stored concurrently; planning again");
             return Ok(None);
         }
+        let payloads = plan
+            .events
+            .iter()
+            .map(payload)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The sessions move and the change is announced (on commit) in one round trip.
         sqlx::query(
-            "UPDATE chat_sessions AS s SET message_count = u.message_count, updated_at = $4, \
-             topic = COALESCE(s.topic, u.topic) \
-             FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) AS u (id, message_count, topic) \
-             WHERE s.id = u.id",
+            "WITH advanced AS (UPDATE chat_sessions AS s \
+                 SET message_count = u.message_count, updated_at = $4, \
+                     topic = COALESCE(s.topic, u.topic) \
+                 FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) \
+                     AS u (id, message_count, topic) \
+                 WHERE s.id = u.id RETURNING s.id) \
+             SELECT pg_notify($5, payload) FROM UNNEST($6::text[]) AS payload",
         )
         .bind(
             plan.sessions
@@ -398,12 +407,11 @@ impl PostgresStore {
                 .collect::<Vec<_>>(),
         )
         .bind(now)
+        .bind(&*self.channel)
+        .bind(payloads)
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        for event in &plan.events {
-            notify(&mut *tx, &self.channel, event).await?;
-        }
         tx.commit().await.map_err(map_err)?;
         Ok(Some(InsertOutcome {
             persisted: rows.len() as u64,
