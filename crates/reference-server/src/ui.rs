@@ -6,6 +6,9 @@
 //! strong `ETag` (SHA-256 of the bytes): browsers revalidate and get `304 Not Modified` until
 //! the binary changes. The entry page also sets a strict Content-Security-Policy: the UI
 //! loads only its own scripts and styles and talks only to this origin.
+//!
+//! For working on the UI, `KILN_UI_DIR=<path to ui/>` serves the same files from disk at
+//! each request (edit, reload; no rebuild). Only the embedded file names are served.
 
 use std::sync::LazyLock;
 
@@ -29,7 +32,7 @@ struct Asset {
 
 /// Embeds `ui/<path>` with its content type.
 macro_rules! asset {
-    ($path:literal, $type:literal) => {
+    ($path:literal, $type:expr) => {
         Asset {
             path: $path,
             content_type: $type,
@@ -53,6 +56,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/live.js", JS),
     asset!("js/main.js", JS),
     asset!("js/markdown.js", JS),
+    asset!("js/messages.js", JS),
     asset!("js/nodes.js", JS),
     asset!("js/project.js", JS),
     asset!("js/projects.js", JS),
@@ -63,28 +67,36 @@ static ASSETS: &[Asset] = &[
 ];
 
 /// The strong ETag of each asset, in `ASSETS` order.
-static ETAGS: LazyLock<Vec<HeaderValue>> = LazyLock::new(|| {
-    ASSETS
-        .iter()
-        .map(|a| {
-            let digest = Sha256::digest(a.bytes);
-            let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-            HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a valid header value")
-        })
-        .collect()
-});
+static ETAGS: LazyLock<Vec<HeaderValue>> =
+    LazyLock::new(|| ASSETS.iter().map(|a| etag_of(a.bytes)).collect());
 
 /// What the entry page may load and connect to.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; object-src 'none'; \
      base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
+/// `KILN_UI_DIR`: serve the UI files from this directory instead of the embedded copies.
+static UI_DIR: LazyLock<Option<std::path::PathBuf>> =
+    LazyLock::new(|| std::env::var_os("KILN_UI_DIR").map(Into::into));
+
+fn etag_of(bytes: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(bytes);
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    HeaderValue::from_str(&format!("\"{hex}\"")).expect("hex is a valid header value")
+}
+
 fn serve(path: &str, headers: &HeaderMap) -> Response {
     let Some(index) = ASSETS.iter().position(|a| a.path == path) else {
         return ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such file").into_response();
     };
     let asset = &ASSETS[index];
-    let etag = &ETAGS[index];
+    let from_disk = UI_DIR
+        .as_ref()
+        .and_then(|dir| std::fs::read(dir.join(asset.path)).ok());
+    let etag = match &from_disk {
+        Some(bytes) => &etag_of(bytes),
+        None => &ETAGS[index],
+    };
     let fresh = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -93,7 +105,10 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         (
-            [(header::CONTENT_TYPE, HeaderValue::from_static(asset.content_type))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(asset.content_type),
+            )],
             asset.bytes,
         )
             .into_response()
@@ -171,7 +186,11 @@ mod tests {
         assert_eq!(again.headers()[header::ETAG], etag);
 
         let index = serve("index.html", &HeaderMap::new());
-        assert!(index.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        assert!(
+            index
+                .headers()
+                .contains_key(header::CONTENT_SECURITY_POLICY)
+        );
         assert_eq!(
             serve("../Cargo.toml", &HeaderMap::new()).status(),
             StatusCode::NOT_FOUND

@@ -1,0 +1,52 @@
+// The nodes panel: every node of the user with its state, size, claim and the live
+// countdown of its warm period.
+
+import { h, shortId, syncChildren } from './dom.js';
+import { countdownEl, timeAgo } from './time.js';
+
+export class NodesView {
+  constructor({ state }) {
+    this.state = state;
+    this.showGone = false;
+    this.list = h('div', { class: 'node-list' });
+    const toggle = h('label', { class: 'toggle' },
+      h('input', { type: 'checkbox', on: { change: (e) => { this.showGone = e.target.checked; this.render(); } } }),
+      'Show destroyed');
+    this.summary = h('p', { class: 'muted' });
+    this.el = h('section', { class: 'nodes-view', 'aria-label': 'Nodes' },
+      h('header', { class: 'nodes-head' }, h('div', {}, h('h1', { text: 'Nodes' }), this.summary), toggle),
+      this.list);
+    state.on('nodes', () => this.render());
+  }
+
+  render() {
+    const nodes = [...this.state.nodes.values()]
+      .filter((n) => this.showGone || n.state !== 'destroyed')
+      .sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));
+    const counts = {};
+    for (const n of this.state.nodes.values()) counts[n.state] = (counts[n.state] || 0) + 1;
+    this.summary.textContent = Object.keys(counts).length
+      ? Object.entries(counts).map(([s, c]) => `${c} ${s}`).join(' · ')
+      : 'No nodes yet: one is provisioned when a task runs, then kept warm for the next.';
+    syncChildren(this.list, nodes, { key: (n) => n.id, version: (n) => `${n.updatedAt}|${n.state}`, render: (n) => this.row(n) });
+  }
+
+  row(n) {
+    const task = n.claimedBy ? this.state.tasks.get(n.claimedBy) : undefined;
+    return h('article', { class: `node-row state-${n.state}`, dataset: { nodeId: n.id, state: n.state } },
+      h('div', { class: 'node-main' },
+        h('span', { class: `dot state-${n.state}` }),
+        h('code', { class: 'node-id', text: shortId(n.id), title: n.id }),
+        h('span', { class: `badge node-${n.state}`, text: n.state })),
+      h('div', { class: 'node-facts' },
+        h('span', { class: 'chip', text: n.size }),
+        h('span', { class: 'muted', text: n.provider + (n.location ? ` · ${n.location}` : '') }),
+        n.state === 'warm' && n.warmUntil
+          ? h('span', { class: 'warm' }, 'warm for ', countdownEl(n.warmUntil))
+          : null,
+        task ? h('a', { href: `#/p/${this.state.project.id}/s/${task.sessionId}`, text: `running: ${task.title}` })
+          : n.claimedBy ? h('span', { class: 'muted', text: `claimed by ${shortId(n.claimedBy)}` }) : null,
+        n.lastHeartbeatAt ? h('span', { class: 'muted' }, 'heartbeat ', timeAgo(n.lastHeartbeatAt)) : null,
+        n.errorMessage ? h('span', { class: 'node-error', text: n.errorMessage }) : null));
+  }
+}

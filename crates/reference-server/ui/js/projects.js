@@ -1,0 +1,67 @@
+// The projects list and the create/edit form (name, repository, default VM size).
+
+import { api } from './api.js';
+import { h, icon } from './dom.js';
+import { timeAgo } from './time.js';
+
+export async function projectsPage() {
+  const projects = await api.projects();
+  projects.sort((a, b) => Date.parse(b.updatedAt) - Date.parse(a.updatedAt));
+  return h('main', { class: 'page narrow-page' },
+    h('div', { class: 'page-head' },
+      h('h1', { text: 'Projects' }),
+      h('a', { class: 'btn primary', href: '#/new', dataset: { action: 'new-project' } }, icon('plus'), 'New project')),
+    projects.length
+      ? h('ul', { class: 'project-list' }, projects.map((p) => h('li', {},
+        h('a', { class: 'project-card', href: `#/p/${p.id}`, dataset: { projectId: p.id } },
+          h('div', { class: 'project-card-name', text: p.name }),
+          h('code', { class: 'project-card-repo', text: p.repositoryUrl }),
+          h('div', { class: 'project-card-meta' }, h('span', { class: 'chip', text: p.defaultVmSize }), 'updated ', timeAgo(p.updatedAt))))))
+      : h('div', { class: 'empty' },
+        h('h2', { text: 'No projects yet' }),
+        h('p', { text: 'A project is a repository agents work on. Create one to start running tasks.' }),
+        h('a', { class: 'btn primary', href: '#/new' }, icon('plus'), 'Create a project')));
+}
+
+/** The create form (`project` undefined) or the edit form. */
+export async function projectForm(projectId) {
+  const project = projectId ? await api.project(projectId) : undefined;
+  const name = h('input', { class: 'input', name: 'name', required: true, maxLength: 200, value: project?.name || '', placeholder: 'My service' });
+  const repo = h('input', { class: 'input', name: 'repositoryUrl', required: true, value: project?.repositoryUrl || '', placeholder: 'https://github.com/me/my-service.git' });
+  const size = (value, label, hint) => h('label', { class: 'size-option' },
+    h('input', { type: 'radio', name: 'defaultVmSize', value, checked: (project?.defaultVmSize || 'small') === value }),
+    h('span', {}, h('strong', { text: label }), h('small', { text: hint })));
+  const error = h('div', { class: 'form-error', role: 'alert', hidden: true });
+  const form = h('form', {
+    class: 'card-form',
+    on: {
+      submit: async (e) => {
+        e.preventDefault();
+        const body = {
+          name: name.value.trim(),
+          repositoryUrl: repo.value.trim(),
+          defaultVmSize: form.querySelector('input[name=defaultVmSize]:checked').value,
+        };
+        try {
+          const saved = project ? await api.updateProject(project.id, body) : await api.createProject(body);
+          location.hash = `#/p/${saved.id}`;
+        } catch (err) {
+          error.textContent = err.message;
+          error.hidden = false;
+        }
+      },
+    },
+  },
+  h('label', { class: 'field' }, h('span', { text: 'Name' }), name),
+  h('label', { class: 'field' }, h('span', { text: 'Repository' }), repo),
+  h('fieldset', { class: 'field sizes' }, h('legend', { text: 'Default VM size' }),
+    size('small', 'Small', '2 vCPU'), size('medium', 'Medium', '4 vCPU'), size('large', 'Large', '8+ vCPU')),
+  error,
+  h('div', { class: 'form-actions' },
+    h('a', { class: 'btn ghost', href: project ? `#/p/${project.id}` : '#/', text: 'Cancel' }),
+    h('button', { class: 'btn primary', type: 'submit', text: project ? 'Save' : 'Create project' })));
+  setTimeout(() => name.focus());
+  return h('main', { class: 'page narrow-page' },
+    h('div', { class: 'page-head' }, h('h1', { text: project ? `Edit ${project.name}` : 'New project' })),
+    form);
+}

@@ -1,0 +1,163 @@
+// One project's data as the page knows it: tasks, sessions, the loaded messages of each
+// session, streaming text (deltas), nodes and workspaces. Everything is merged by id (a
+// stale copy never overwrites a newer one), and views subscribe to what changed.
+
+import { api } from './api.js';
+
+/** Newer of two versions of an object with `updatedAt`. */
+function newer(old, next) {
+  if (!old) return true;
+  return !old.updatedAt || !next.updatedAt || Date.parse(next.updatedAt) >= Date.parse(old.updatedAt);
+}
+
+export class ProjectState {
+  constructor(project) {
+    this.project = project;
+    this.tasks = new Map();
+    this.sessions = new Map();
+    /** sessionId → {list: stored messages by cursor, byId, hasMoreBefore, loaded} */
+    this.messages = new Map();
+    /** segmentId → {sessionId, segmentId, textSoFar, at} */
+    this.deltas = new Map();
+    this.nodes = new Map();
+    this.workspaces = new Map();
+    this.listeners = new Map();
+  }
+
+  on(topic, fn) {
+    if (!this.listeners.has(topic)) this.listeners.set(topic, new Set());
+    this.listeners.get(topic).add(fn);
+    return () => this.listeners.get(topic).delete(fn);
+  }
+
+  emit(topic, detail) {
+    for (const fn of this.listeners.get(topic) || []) fn(detail);
+  }
+
+  // ---- merging -------------------------------------------------------------------------
+
+  upsertTask(task) {
+    if (task.projectId !== this.project.id || !newer(this.tasks.get(task.id), task)) return;
+    this.tasks.set(task.id, task);
+    this.emit('tasks', task);
+  }
+
+  upsertSession(session) {
+    if (session.projectId !== this.project.id || !newer(this.sessions.get(session.id), session)) return;
+    this.sessions.set(session.id, session);
+    this.emit('sessions', session);
+  }
+
+  upsertNode(node) {
+    if (!newer(this.nodes.get(node.id), node)) return;
+    this.nodes.set(node.id, node);
+    this.emit('nodes', node);
+  }
+
+  upsertWorkspace(ws) {
+    if (!newer(this.workspaces.get(ws.id), ws)) return;
+    this.workspaces.set(ws.id, ws);
+    this.emit('workspaces', ws);
+  }
+
+  /** Adds stored messages of a session (any order, duplicates ignored). */
+  addMessages(sessionId, messages, { olderPageHasMore } = {}) {
+    const entry = this.messageEntry(sessionId);
+    let changed = false;
+    for (const m of messages) {
+      const old = entry.byId.get(m.id);
+      if (old && old.content === m.content && old.cursor === m.cursor) continue;
+      entry.byId.set(m.id, m);
+      changed = true;
+      if (this.deltas.delete(m.id)) changed = true;
+    }
+    if (olderPageHasMore !== undefined) entry.hasMoreBefore = olderPageHasMore;
+    if (changed) {
+      entry.list = [...entry.byId.values()].sort((a, b) => a.cursor - b.cursor);
+      this.emit('messages', sessionId);
+    }
+  }
+
+  messageEntry(sessionId) {
+    let entry = this.messages.get(sessionId);
+    if (!entry) {
+      entry = { list: [], byId: new Map(), hasMoreBefore: false, loaded: false };
+      this.messages.set(sessionId, entry);
+    }
+    return entry;
+  }
+
+  /** Streaming text of a segment not stored yet. */
+  applyDelta(delta) {
+    const entry = this.messages.get(delta.sessionId);
+    if (entry?.byId.has(delta.segmentId)) return; // the stored message already replaced it
+    this.deltas.set(delta.segmentId, { ...delta, at: Date.now() });
+    this.emit('messages', delta.sessionId);
+  }
+
+  deltasOf(sessionId) {
+    return [...this.deltas.values()].filter((d) => d.sessionId === sessionId).sort((a, b) => a.at - b.at);
+  }
+
+  // ---- loading -------------------------------------------------------------------------
+
+  async loadAll() {
+    const [tasks, sessions, nodes] = await Promise.all([
+      api.tasks(this.project.id), api.sessions(this.project.id), api.nodes(),
+    ]);
+    const present = new Set(tasks.map((t) => t.id));
+    for (const id of [...this.tasks.keys()]) {
+      if (!present.has(id)) { this.tasks.delete(id); this.emit('tasks', { id, deleted: true }); }
+    }
+    tasks.forEach((t) => this.upsertTask(t));
+    sessions.forEach((s) => this.upsertSession(s));
+    nodes.forEach((n) => this.upsertNode(n));
+  }
+
+  /** The latest page of a session, once. */
+  async loadLatest(sessionId) {
+    const entry = this.messageEntry(sessionId);
+    if (entry.loaded) return;
+    const page = await api.messages(sessionId);
+    entry.loaded = true;
+    this.addMessages(sessionId, page.messages, { olderPageHasMore: page.hasMore });
+    this.emit('messages', sessionId);
+  }
+
+  /** The page before the oldest loaded message. */
+  async loadOlder(sessionId) {
+    const entry = this.messageEntry(sessionId);
+    const first = entry.list[0];
+    if (!first || !entry.hasMoreBefore) return;
+    const page = await api.messages(sessionId, { before: first.cursor });
+    this.addMessages(sessionId, page.messages, { olderPageHasMore: page.hasMore });
+  }
+
+  /** Every message after the newest loaded one (after a reconnect), page by page. */
+  async catchUp(sessionId) {
+    const entry = this.messageEntry(sessionId);
+    if (!entry.loaded) return;
+    for (;;) {
+      const last = entry.list[entry.list.length - 1];
+      const page = await api.messages(sessionId, { after: last ? last.cursor : 0 }, 500);
+      this.addMessages(sessionId, page.messages);
+      if (!page.hasMore || !page.messages.length) return;
+    }
+  }
+
+  async loadWorkspace(id) {
+    if (!id || this.workspaces.has(id)) return;
+    try { this.upsertWorkspace(await api.workspace(id)); } catch { /* shown as unknown */ }
+  }
+
+  // ---- queries -------------------------------------------------------------------------
+
+  /** Sessions newest first. */
+  sortedSessions() {
+    return [...this.sessions.values()].sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt) || (a.id < b.id ? 1 : -1));
+  }
+
+  taskOfSession(session) {
+    return session?.taskId ? this.tasks.get(session.taskId) : undefined;
+  }
+}
