@@ -27,19 +27,21 @@
 
 mod labels;
 mod routes;
+mod state;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use kiln_core::clock::add_duration;
 use kiln_core::{LifecycleClock, SystemClock, Timestamp};
 use tokio::sync::oneshot;
 
 pub use labels::LabelSelector;
 
-use super::api::{self, CreateServerRequest};
+use state::{ServerRecord, State};
+
+use super::api::CreateServerRequest;
 use super::cloud_init::{self, CloudInitError};
 
 /// The token the fake accepts unless told otherwise.
@@ -186,7 +188,8 @@ pub struct FakeServer {
 }
 
 impl FakeServer {
-    /// The `kiln-node` environment in its cloud-init user data (to "boot" it locally).
+    /// The `kiln-node` environment in its cloud-init user data (to "boot" it locally; set
+    /// `KILN_NODE_DATA_DIR` to a temporary directory instead of the node's path).
     ///
     /// # Errors
     /// When it has no user data made by Kiln.
@@ -217,37 +220,6 @@ pub(crate) struct Shared {
     state: Mutex<State>,
     on_create: Mutex<Vec<Hook>>,
     on_delete: Mutex<Vec<Hook>>,
-}
-
-#[derive(Default)]
-pub(crate) struct State {
-    next_id: i64,
-    servers: BTreeMap<i64, ServerRecord>,
-    actions: BTreeMap<i64, ActionRecord>,
-    failures: BTreeMap<Endpoint, VecDeque<FakeFailure>>,
-    action_failures: BTreeMap<String, VecDeque<(String, String)>>,
-    calls: BTreeMap<Endpoint, u64>,
-    create_requests: Vec<CreateServerRequest>,
-}
-
-pub(crate) struct ServerRecord {
-    request: CreateServerRequest,
-    id: i64,
-    created: Timestamp,
-    started_at: Timestamp,
-    running_at: Timestamp,
-    create_action: i64,
-    start_action: i64,
-    delete_action: Option<i64>,
-}
-
-pub(crate) struct ActionRecord {
-    id: i64,
-    command: String,
-    server: i64,
-    started: Timestamp,
-    done_at: Timestamp,
-    error: Option<(String, String)>,
 }
 
 impl FakeHetzner {
@@ -426,175 +398,4 @@ impl Shared {
             }
         }
     }
-}
-
-impl State {
-    fn next_id(&mut self) -> i64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
-    /// Applies completed deletions; returns the servers that went.
-    fn advance(&mut self, now: Timestamp) -> Vec<FakeServer> {
-        let done: Vec<i64> = self
-            .servers
-            .values()
-            .filter(|s| {
-                s.delete_action
-                    .and_then(|a| self.actions.get(&a))
-                    .is_some_and(|a| now >= a.done_at && a.error.is_none())
-            })
-            .map(|s| s.id)
-            .collect();
-        done.iter()
-            .filter_map(|id| {
-                let snapshot = self.servers.get(id).map(|s| self.snapshot(s, now));
-                self.servers.remove(id);
-                snapshot
-            })
-            .collect()
-    }
-
-    fn status(&self, server: &ServerRecord, now: Timestamp) -> &'static str {
-        let failed = |action: i64| {
-            self.actions
-                .get(&action)
-                .is_some_and(|a| a.error.is_some() && now >= a.done_at)
-        };
-        if server.delete_action.is_some() {
-            "deleting"
-        } else if failed(server.create_action) || failed(server.start_action) {
-            "off"
-        } else if now < server.started_at {
-            "initializing"
-        } else if now < server.running_at {
-            "starting"
-        } else {
-            "running"
-        }
-    }
-
-    fn snapshot(&self, server: &ServerRecord, now: Timestamp) -> FakeServer {
-        FakeServer {
-            id: server.id,
-            name: server.request.name.clone(),
-            status: self.status(server, now).to_owned(),
-            labels: server.request.labels.clone(),
-            server_type: server.request.server_type.clone(),
-            image: server.request.image.clone(),
-            location: server
-                .request
-                .location
-                .clone()
-                .unwrap_or_else(|| "nbg1".into()),
-            user_data: server.request.user_data.clone(),
-            created: server.created,
-        }
-    }
-
-    fn api_server(&self, server: &ServerRecord, now: Timestamp) -> api::Server {
-        let location = server
-            .request
-            .location
-            .clone()
-            .unwrap_or_else(|| "nbg1".into());
-        let octets = server.id.to_be_bytes();
-        api::Server {
-            id: server.id,
-            name: server.request.name.clone(),
-            status: self.status(server, now).to_owned(),
-            created: server.created.to_rfc3339(),
-            labels: server.request.labels.clone(),
-            server_type: Some(api::NamedRef {
-                id: 1,
-                name: server.request.server_type.clone(),
-            }),
-            image: Some(api::NamedRef {
-                id: 114_690_387,
-                name: server.request.image.clone(),
-            }),
-            datacenter: Some(api::Datacenter {
-                id: 2,
-                name: format!("{location}-dc3"),
-                location: api::NamedRef {
-                    id: 1,
-                    name: location,
-                },
-            }),
-            public_net: Some(api::PublicNet {
-                ipv4: Some(api::IpAddress {
-                    ip: format!("192.0.2.{}", octets[7]),
-                }),
-                ipv6: Some(api::IpAddress {
-                    ip: format!("2001:db8:{:x}::/64", server.id),
-                }),
-            }),
-        }
-    }
-
-    fn new_action(
-        &mut self,
-        command: &str,
-        server: i64,
-        started: Timestamp,
-        done_at: Timestamp,
-    ) -> i64 {
-        let id = self.next_id();
-        let error = self
-            .action_failures
-            .get_mut(command)
-            .and_then(VecDeque::pop_front);
-        self.actions.insert(
-            id,
-            ActionRecord {
-                id,
-                command: command.to_owned(),
-                server,
-                started,
-                done_at,
-                error,
-            },
-        );
-        id
-    }
-
-    fn api_action(&self, id: i64, now: Timestamp) -> Option<api::Action> {
-        let action = self.actions.get(&id)?;
-        let done = now >= action.done_at;
-        let total = (action.done_at - action.started).num_milliseconds().max(1);
-        let elapsed = (now - action.started).num_milliseconds().clamp(0, total);
-        Some(api::Action {
-            id: action.id,
-            command: action.command.clone(),
-            status: match (done, &action.error) {
-                (false, _) => "running",
-                (true, None) => "success",
-                (true, Some(_)) => "error",
-            }
-            .to_owned(),
-            progress: if done {
-                100
-            } else {
-                u8::try_from(elapsed * 100 / total).unwrap_or(99).min(99)
-            },
-            started: action.started.to_rfc3339(),
-            finished: done.then(|| action.done_at.to_rfc3339()),
-            resources: vec![api::ActionResource {
-                id: action.server,
-                kind: "server".into(),
-            }],
-            error: action
-                .error
-                .as_ref()
-                .filter(|_| done)
-                .map(|(code, message)| api::ActionError {
-                    code: code.clone(),
-                    message: message.clone(),
-                }),
-        })
-    }
-}
-
-fn after(t: Timestamp, d: Duration) -> Timestamp {
-    add_duration(t, d)
 }

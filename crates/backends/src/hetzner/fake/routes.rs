@@ -13,7 +13,8 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::labels::LabelSelector;
-use super::{Endpoint, FakeFailure, ServerRecord, Shared, after};
+use super::state::{ServerRecord, after};
+use super::{Endpoint, FakeFailure, Shared};
 use crate::hetzner::api::{self, CreateServerRequest};
 
 type Ctx = AxumState<Arc<Shared>>;
