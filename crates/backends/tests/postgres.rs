@@ -51,8 +51,9 @@ async fn claims_from_two_replicas_never_double_claim() {
     let Some(db) = TestDatabase::create("claims_from_two_replicas_never_double_claim").await else {
         return;
     };
-    let a: Arc<dyn Store> = Arc::new(store(&db).await);
-    let b: Arc<dyn Store> = Arc::new(store(&db).await);
+    // Two replicas starting together on a fresh database migrate it once between them.
+    let (a, b) = tokio::join!(store(&db), store(&db));
+    let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(a), Arc::new(b));
     let f = Fixture::new(a.clone()).await;
     for round in 0..5 {
         let mut nodes = HashSet::new();
@@ -193,4 +194,71 @@ async fn an_unreachable_server_is_retryable() {
     .await
     .unwrap_err();
     assert!(err.is_retryable(), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_recovers_from_a_lost_connection() {
+    let Some(db) = TestDatabase::create("the_change_feed_recovers_from_a_lost_connection").await
+    else {
+        return;
+    };
+    let reader = store(&db).await;
+    let writer = store(&db).await;
+    let mut feed = reader.subscribe().await.unwrap();
+    let listeners: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_all(writer.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        listeners.len(),
+        2,
+        "both replicas' listening connections were found"
+    );
+    for pid in &listeners {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(writer.pool())
+            .await
+            .unwrap();
+    }
+    // Wait until those connections are really gone before publishing.
+    loop {
+        let alive: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                .bind(&listeners)
+                .fetch_one(writer.pool())
+                .await
+                .unwrap();
+        if alive == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // What is announced while the listener reconnects is lost; it must hear again soon after.
+    let event = |n: i64| StoreEvent {
+        owner: kiln_core::UserId::new(),
+        project_id: None,
+        change: Change::MessagesStored {
+            session_id: kiln_core::SessionId::new(),
+            first: n,
+            last: n,
+        },
+    };
+    let heard = tokio::time::timeout(Duration::from_secs(15), async {
+        for n in 0.. {
+            writer.publish(&event(n)).await.unwrap();
+            if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), feed.next()).await
+            {
+                return e;
+            }
+        }
+        unreachable!()
+    })
+    .await
+    .expect("the feed heard again within 15 s of losing its connection");
+    assert!(matches!(heard.change, Change::MessagesStored { .. }));
 }
