@@ -3,10 +3,10 @@
 //! stored message follows through the node's outbox and replaces them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use kiln_core::protocol::MessageDelta;
-use kiln_core::{MessageId, ProjectId, SessionId, UserId};
+use kiln_core::{MessageId, ProjectId, SessionId, StoredMessage, UserId};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -40,11 +40,24 @@ struct Segments {
     sessions: HashMap<MessageId, SessionId>,
 }
 
-/// The live deltas of this replica.
+/// Messages this replica just stored, handed to its viewers without a store read (viewers
+/// of other replicas hear of them through the store's change feed).
+#[derive(Debug, Clone)]
+pub struct StoredBatch {
+    /// The owner (who may see them).
+    pub owner: UserId,
+    /// The project.
+    pub project_id: ProjectId,
+    /// The messages, in cursor order (one session).
+    pub messages: Arc<Vec<StoredMessage>>,
+}
+
+/// The live deltas of this replica, and its freshly stored messages.
 #[derive(Debug)]
 pub struct LiveHub {
     segments: Mutex<Segments>,
     tx: broadcast::Sender<LiveDelta>,
+    stored: broadcast::Sender<StoredBatch>,
 }
 
 impl Default for LiveHub {
@@ -52,6 +65,7 @@ impl Default for LiveHub {
         Self {
             segments: Mutex::default(),
             tx: broadcast::channel(4096).0,
+            stored: broadcast::channel(4096).0,
         }
     }
 }
@@ -140,6 +154,30 @@ impl LiveHub {
                 })
             })
             .collect()
+    }
+
+    /// Tells this replica's viewers of messages just stored (grouped by session).
+    pub fn stored(&self, owner: UserId, project_id: ProjectId, messages: &[StoredMessage]) {
+        let mut start = 0;
+        while start < messages.len() {
+            let session = messages[start].message.session_id;
+            let end = messages[start..]
+                .iter()
+                .position(|m| m.message.session_id != session)
+                .map_or(messages.len(), |n| start + n);
+            let _ = self.stored.send(StoredBatch {
+                owner,
+                project_id,
+                messages: Arc::new(messages[start..end].to_vec()),
+            });
+            start = end;
+        }
+    }
+
+    /// Every batch of messages stored by this replica from now on.
+    #[must_use]
+    pub fn subscribe_stored(&self) -> broadcast::Receiver<StoredBatch> {
+        self.stored.subscribe()
     }
 
     /// Every delta from now on.

@@ -13,7 +13,10 @@
 //!
 //! Right after connecting, a viewer gets one `message.delta` per segment still streaming
 //! (with the text so far). Updates come from the store's change feed, so a viewer connected
-//! to one replica hears of changes made through any replica sharing the database.
+//! to one replica hears of changes made through any replica sharing the database; messages
+//! stored through this replica also come straight from the messages endpoint, without a store
+//! read. Either way each session's messages reach the viewer once each, in cursor order: a
+//! gap is filled from the store before what follows it.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -21,9 +24,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use futures::StreamExt;
-use kiln_core::{Change, MessagePage, ProjectId, StoreEvent, UserId};
+use std::collections::HashMap;
+
+use kiln_core::{Change, MessagePage, ProjectId, SessionId, StoreEvent, StoredMessage, UserId};
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::auth::CurrentUser;
@@ -49,8 +55,15 @@ pub(crate) async fn connect(
     // Subscribe before upgrading, so nothing stored from now on is missed.
     let feed = state.store.subscribe().await?;
     let live = state.live.subscribe();
+    let stored = state.live.subscribe_stored();
     Ok(upgrade.on_upgrade(move |socket| async move {
-        if let Err(err) = serve(socket, state, user.id(), project.id, feed, live).await {
+        let viewer = Viewer {
+            state,
+            owner: user.id(),
+            project: project.id,
+            sent: HashMap::new(),
+        };
+        if let Err(err) = viewer.serve(socket, feed, live, stored).await {
             tracing::debug!(%err, "websocket closed");
         }
     }))
@@ -60,84 +73,157 @@ fn frame(kind: &str, data: &impl Serialize) -> Message {
     Message::Text(json!({"type": kind, "data": data}).to_string().into())
 }
 
-async fn serve(
-    mut socket: WebSocket,
+/// One connected viewer: what it may see, and how far each session has been sent.
+struct Viewer {
     state: AppState,
     owner: UserId,
     project: ProjectId,
-    mut feed: futures::stream::BoxStream<'static, StoreEvent>,
-    mut live: tokio::sync::broadcast::Receiver<crate::live::LiveDelta>,
-) -> Result<(), axum::Error> {
-    for delta in state.live.snapshot(project) {
-        if delta.owner == owner {
-            socket.send(frame("message.delta", &delta)).await?;
-        }
-    }
-    loop {
-        tokio::select! {
-            event = feed.next() => {
-                let Some(event) = event else { return Ok(()) };
-                if event.owner != owner {
-                    continue;
-                }
-                let relevant = event.project_id == Some(project)
-                    || (event.project_id.is_none() && matches!(event.change, Change::Node { .. }));
-                if !relevant {
-                    continue;
-                }
-                for frame in frames_for(&state, owner, project, &event.change).await {
-                    socket.send(frame).await?;
-                }
-            }
-            delta = live.recv() => match delta {
-                Ok(d) if d.owner == owner && d.project_id == project => {
-                    socket.send(frame("message.delta", &d)).await?;
-                }
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return Ok(()),
-            },
-            incoming = socket.recv() => match incoming {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
-                Some(Ok(_)) => {}
-            },
-        }
-    }
+    /// Per session, the highest message cursor sent.
+    sent: HashMap<SessionId, i64>,
 }
 
-/// The frames for one change, read fresh from the store (the feed carries only ids).
-async fn frames_for(
-    state: &AppState,
-    owner: UserId,
-    project: ProjectId,
-    change: &Change,
-) -> Vec<Message> {
-    let store = &state.store;
-    let mut frames = Vec::new();
-    let result: Result<(), kiln_core::StoreError> = async {
+impl Viewer {
+    async fn serve(
+        mut self,
+        mut socket: WebSocket,
+        mut feed: futures::stream::BoxStream<'static, StoreEvent>,
+        mut live: broadcast::Receiver<crate::live::LiveDelta>,
+        mut stored: broadcast::Receiver<crate::live::StoredBatch>,
+    ) -> Result<(), axum::Error> {
+        for delta in self.state.live.snapshot(self.project) {
+            if delta.owner == self.owner {
+                socket.send(frame("message.delta", &delta)).await?;
+            }
+        }
+        loop {
+            let frames = tokio::select! {
+                event = feed.next() => {
+                    let Some(event) = event else { return Ok(()) };
+                    self.frames_for_event(&event).await
+                }
+                batch = stored.recv() => match batch {
+                    Ok(b) if b.owner == self.owner && b.project_id == self.project => {
+                        self.frames_for_messages(&b.messages).await
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => Vec::new(),
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                delta = live.recv() => match delta {
+                    Ok(d) if d.owner == self.owner && d.project_id == self.project => {
+                        vec![frame("message.delta", &d)]
+                    }
+                    Ok(_) | Err(RecvError::Lagged(_)) => Vec::new(),
+                    Err(RecvError::Closed) => return Ok(()),
+                },
+                incoming = socket.recv() => match incoming {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Ok(_)) => Vec::new(),
+                },
+            };
+            for f in frames {
+                socket.send(f).await?;
+            }
+        }
+    }
+
+    async fn frames_for_event(&mut self, event: &StoreEvent) -> Vec<Message> {
+        if event.owner != self.owner {
+            return Vec::new();
+        }
+        let relevant = event.project_id == Some(self.project)
+            || (event.project_id.is_none() && matches!(event.change, Change::Node { .. }));
+        if !relevant {
+            return Vec::new();
+        }
+        let result = self.read_frames(&event.change).await;
+        result.unwrap_or_else(|err| {
+            tracing::warn!(%err, change = ?event.change, "could not read a change for a viewer");
+            Vec::new()
+        })
+    }
+
+    /// `message.new` frames for messages of one session not sent yet, reading any gap
+    /// before them from the store first.
+    async fn frames_for_messages(&mut self, messages: &[StoredMessage]) -> Vec<Message> {
+        let Some(first) = messages.first() else {
+            return Vec::new();
+        };
+        let session = first.message.session_id;
+        let mut frames = Vec::new();
+        let sent = self.sent.get(&session).copied();
+        if let Some(sent) = sent
+            && first.cursor > sent + 1
+        {
+            match self
+                .read_messages(session, sent + 1, first.cursor - 1)
+                .await
+            {
+                Ok(f) => frames = f,
+                Err(err) => tracing::warn!(%err, "could not fill a message gap for a viewer"),
+            }
+        }
+        let sent = self.sent.get(&session).copied().unwrap_or(0);
+        let mut high = sent;
+        for m in messages.iter().filter(|m| m.cursor > sent) {
+            frames.push(frame("message.new", m));
+            high = high.max(m.cursor);
+        }
+        self.sent.insert(session, high);
+        frames
+    }
+
+    async fn read_messages(
+        &mut self,
+        session: SessionId,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Message>, kiln_core::StoreError> {
+        let limit = u32::try_from((to - from + 1).max(1)).unwrap_or(u32::MAX);
+        let page = MessagePage::After {
+            cursor: from - 1,
+            limit,
+        };
+        let messages = self.state.store.list_messages(session, page).await?;
+        let high = messages.last().map_or(to, |m| m.cursor.max(to));
+        let sent = self.sent.get(&session).copied().unwrap_or(0);
+        let frames = messages
+            .iter()
+            .filter(|m| m.cursor > sent)
+            .map(|m| frame("message.new", m))
+            .collect();
+        self.sent.insert(session, sent.max(high));
+        Ok(frames)
+    }
+
+    /// The frames for one change, read fresh from the store (the feed carries only ids).
+    async fn read_frames(
+        &mut self,
+        change: &Change,
+    ) -> Result<Vec<Message>, kiln_core::StoreError> {
+        let store = self.state.store.clone();
+        let owner = self.owner;
+        let mut frames = Vec::new();
         match change {
             Change::MessagesStored {
                 session_id,
                 first,
                 last,
             } => {
-                let limit = u32::try_from((last - first + 1).max(1)).unwrap_or(u32::MAX);
-                let page = MessagePage::After {
-                    cursor: first - 1,
-                    limit,
+                let sent = self.sent.get(session_id).copied().unwrap_or(0);
+                // A viewer that has not seen the session yet starts at this change.
+                let from = if self.sent.contains_key(session_id) {
+                    sent + 1
+                } else {
+                    *first
                 };
-                for m in store.list_messages(*session_id, page).await? {
-                    frames.push(frame("message.new", &m));
-                }
-                if let Some(s) = store.get_session(*session_id).await?
-                    && s.owner == owner
-                {
-                    frames.push(frame("session.updated", &s));
+                if from <= *last {
+                    frames = self.read_messages(*session_id, from, *last).await?;
                 }
             }
             Change::Task { task_id } => {
                 if let Some(t) = store.get_task(*task_id).await?
                     && t.owner == owner
-                    && t.project_id == project
+                    && t.project_id == self.project
                 {
                     frames.push(frame("task.updated", &t));
                 }
@@ -164,11 +250,6 @@ async fn frames_for(
                 }
             }
         }
-        Ok(())
+        Ok(frames)
     }
-    .await;
-    if let Err(err) = result {
-        tracing::warn!(%err, ?change, "could not read a change for a viewer");
-    }
-    frames
 }

@@ -213,6 +213,9 @@ pub(crate) async fn post(
         .insert_messages(&messages, state.clock.now())
         .await?;
     state.live.clear_segments(messages.iter().map(|m| m.id));
+    if let Some(project) = workspace.project_id {
+        state.live.stored(workspace.owner, project, &outcome.stored);
+    }
     Ok(Json(Persisted {
         persisted: outcome.persisted,
         duplicates: outcome.duplicates,
