@@ -231,6 +231,13 @@ impl VaultSettings {
         }
     }
 
+    /// The settings from the process environment, with the key file defaulting into
+    /// `data_dir` (the server's `KILN_DATA_DIR`).
+    #[must_use]
+    pub fn from_env(data_dir: &Path) -> Self {
+        Self::from_vars(std::env::vars(), data_dir)
+    }
+
     /// The settings from `vars` (the process environment in production), with the key
     /// file defaulting into `data_dir`.
     #[must_use]
@@ -365,6 +372,14 @@ impl Vault {
             .map_err(|_| VaultError::Tampered)
     }
 
+    /// Opens a sealed text secret (an API token).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open); [`VaultError::Malformed`] when the plaintext is not UTF-8.
+    pub fn open_string(&self, sealed: &[u8]) -> Result<String, VaultError> {
+        String::from_utf8(self.open(sealed)?).map_err(|_| VaultError::Malformed)
+    }
+
     /// Whether `sealed` was sealed under a previous key (re-seal it with the current one).
     #[must_use]
     pub fn needs_reseal(&self, sealed: &[u8]) -> bool {
@@ -417,7 +432,11 @@ mod tests {
         let b = vault.seal(b"token");
         assert_ne!(a, b, "each seal draws a new nonce");
         assert_eq!(vault.open(&a).unwrap(), b"token");
-        assert_eq!(vault.open(&b).unwrap(), b"token");
+        assert_eq!(vault.open_string(&b).unwrap(), "token");
+        assert_eq!(
+            vault.open_string(&vault.seal(&[0xff, 0xfe])),
+            Err(VaultError::Malformed)
+        );
         assert_eq!(a.len(), HEADER_LEN + NONCE_LEN + 5 + TAG_LEN);
     }
 

@@ -297,6 +297,11 @@ async fn refused_credentials_are_unauthorized() {
         .verify_token()
         .await
         .expect("the right token is accepted");
+    wrong_token
+        .for_token(fake.token())
+        .verify_token()
+        .await
+        .expect("a provider derived for the right token is accepted");
 }
 
 #[tokio::test]

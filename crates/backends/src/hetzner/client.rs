@@ -63,6 +63,15 @@ impl HetznerClient {
         })
     }
 
+    /// The same client (same connection pool and settings) authenticated with `token`.
+    #[must_use]
+    pub fn with_token(&self, token: impl Into<String>) -> Self {
+        Self {
+            token: token.into(),
+            ..self.clone()
+        }
+    }
+
     /// `POST /servers`.
     ///
     /// # Errors

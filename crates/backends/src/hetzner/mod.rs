@@ -138,6 +138,17 @@ impl HetznerProvider {
         })
     }
 
+    /// A provider with the same settings and HTTP connection pool, authenticated with
+    /// another `token` (the server keeps one provider and derives one per credential).
+    #[must_use]
+    pub fn for_token(&self, token: impl Into<String>) -> Self {
+        Self {
+            client: self.client.with_token(token),
+            settings: self.settings.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+
     /// The settings in use.
     #[must_use]
     pub fn settings(&self) -> &HetznerSettings {
