@@ -279,6 +279,11 @@ impl SessionStore for PostgresStore {
     }
 }
 
+/// One column of a multi-row statement, as the array `UNNEST` takes.
+fn column<'a, T, C>(items: &'a [T], get: impl Fn(&'a T) -> C) -> Vec<C> {
+    items.iter().map(get).collect()
+}
+
 impl PostgresStore {
     /// One attempt at a batch insert in one transaction. `None` when a message id was stored
     /// concurrently by a transaction this one could not see when planning; nothing is kept
@@ -328,90 +333,53 @@ impl PostgresStore {
 
         let plan = plan_messages(messages, &heads, &existing);
         let rows = &plan.stored;
-        let done = sqlx::query(
-            "INSERT INTO chat_messages (id, session_id, cursor, role, content, tool, seq, \
-             created_at, stored_at) \
-             SELECT id, session_id, cursor, role, content, tool::jsonb, seq, created_at, $9 \
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
-                 $6::text[], $7::int8[], $8::timestamptz[]) \
-                 AS m (id, session_id, cursor, role, content, tool, seq, created_at) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(rows.iter().map(|m| m.message.id.0).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|m| m.message.session_id.0)
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|m| m.cursor).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|m| m.message.role.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|m| m.message.content.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            rows.iter()
-                .map(|m| tool_json(&m.message))
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|m| m.message.seq).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|m| m.message.created_at)
-                .collect::<Vec<_>>(),
-        )
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if done.rows_affected() != rows.len() as u64 {
-            tracing::debug!("a message id of the batch was stored concurrently; planning again");
-            return Ok(None);
-        }
         let payloads = plan
             .events
             .iter()
             .map(payload)
             .collect::<Result<Vec<_>, _>>()?;
-        // The sessions move and the change is announced (on commit) in one round trip.
-        sqlx::query(
-            "WITH advanced AS (UPDATE chat_sessions AS s \
-                 SET message_count = u.message_count, updated_at = $4, \
+        // Rows, session counters and the announcement (sent on commit) in one round trip;
+        // counting `announced` is what makes PostgreSQL evaluate it.
+        let (inserted, _announced): (i64, i64) = sqlx::query_as(
+            "WITH inserted AS (INSERT INTO chat_messages (id, session_id, cursor, role, \
+                     content, tool, seq, created_at, stored_at) \
+                 SELECT id, session_id, cursor, role, content, tool::jsonb, seq, created_at, $9 \
+                 FROM UNNEST($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[], \
+                     $6::text[], $7::int8[], $8::timestamptz[]) \
+                     AS m (id, session_id, cursor, role, content, tool, seq, created_at) \
+                 ON CONFLICT (id) DO NOTHING RETURNING 1), \
+             advanced AS (UPDATE chat_sessions AS s \
+                 SET message_count = u.message_count, updated_at = $9, \
                      topic = COALESCE(s.topic, u.topic) \
-                 FROM UNNEST($1::uuid[], $2::int8[], $3::text[]) \
+                 FROM UNNEST($10::uuid[], $11::int8[], $12::text[]) \
                      AS u (id, message_count, topic) \
-                 WHERE s.id = u.id RETURNING s.id) \
-             SELECT pg_notify($5, payload) FROM UNNEST($6::text[]) AS payload",
+                 WHERE s.id = u.id RETURNING 1), \
+             announced AS MATERIALIZED (SELECT pg_notify($13, payload) \
+                 FROM UNNEST($14::text[]) AS payload) \
+             SELECT (SELECT COUNT(*) FROM inserted), (SELECT COUNT(*) FROM announced)",
         )
-        .bind(
-            plan.sessions
-                .iter()
-                .map(|a| a.session_id.0)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.sessions
-                .iter()
-                .map(|a| a.message_count)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            plan.sessions
-                .iter()
-                .map(|a| a.topic.clone())
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(rows, |m| m.message.id.0))
+        .bind(column(rows, |m| m.message.session_id.0))
+        .bind(column(rows, |m| m.cursor))
+        .bind(column(rows, |m| m.message.role.as_str()))
+        .bind(column(rows, |m| m.message.content.as_str()))
+        .bind(column(rows, |m| tool_json(&m.message)))
+        .bind(column(rows, |m| m.message.seq))
+        .bind(column(rows, |m| m.message.created_at))
         .bind(now)
+        .bind(column(&plan.sessions, |a| a.session_id.0))
+        .bind(column(&plan.sessions, |a| a.message_count))
+        .bind(column(&plan.sessions, |a| a.topic.clone()))
         .bind(&*self.channel)
         .bind(payloads)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(map_err)?;
+        if inserted != rows.len() as i64 {
+            // Dropping the transaction rolls back the rows, counters and announcement.
+            tracing::debug!("a message id of the batch was stored concurrently; planning again");
+            return Ok(None);
+        }
         tx.commit().await.map_err(map_err)?;
         Ok(Some(InsertOutcome {
             persisted: rows.len() as u64,
