@@ -472,26 +472,13 @@ impl Writer {
         let mut receipts = Vec::with_capacity(rows.len());
         for row in rows {
             let id = row.id.to_string();
-            let existing: Option<i64> = self
-                .conn
-                .prepare_cached("SELECT seq FROM message_outbox WHERE id = ?1")?
-                .query_row([&id], |r| r.get(0))
-                .optional()?;
-            if let Some(seq) = existing {
-                delta.enqueue_duplicates += 1;
-                receipts.push(Receipt {
-                    id: row.id,
-                    seq,
-                    duplicate: true,
-                });
-                continue;
-            }
             let seq = self.alloc_seq(&row.session, &route.workspace, total, delta)?;
-            self.conn
+            let inserted = self
+                .conn
                 .prepare_cached(
                     "INSERT INTO message_outbox \
                      (id, workspace, project, session_id, seq, role, content, tool, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
                 )?
                 .execute(params![
                     id,
@@ -504,6 +491,23 @@ impl Writer {
                     row.tool,
                     row.created_at
                 ])?;
+            if inserted == 0 {
+                // Already pending: give the seq back and answer with the stored one.
+                if let Some(state) = delta.sessions.get_mut(&row.session) {
+                    state.next_seq = seq;
+                }
+                let existing: i64 = self
+                    .conn
+                    .prepare_cached("SELECT seq FROM message_outbox WHERE id = ?1")?
+                    .query_row([&id], |r| r.get(0))?;
+                delta.enqueue_duplicates += 1;
+                receipts.push(Receipt {
+                    id: row.id,
+                    seq: existing,
+                    duplicate: true,
+                });
+                continue;
+            }
             delta.enqueued += 1;
             delta.pending += 1;
             receipts.push(Receipt {
