@@ -16,7 +16,8 @@
 //! pass its conformance suite. Their schemas are embedded migrations
 //! (`migrations/sqlite`, `migrations/postgres`) applied on connect. Both keep the same rules:
 //!
-//! - every time is a bound parameter from the caller's clock, never the database's `now()`;
+//! - every time is a bound parameter from the caller's clock, never the database's `now()`,
+//!   and is kept to the microsecond (SQLite stores microseconds since the epoch);
 //! - message inserts are idempotent by message id, and give each new message the next
 //!   contiguous cursor of its session in the same transaction that moves the session's
 //!   message count, `updated_at` and topic;
@@ -24,6 +25,13 @@
 //!   what they changed and return [`StoreError::Conflict`](kiln_core::StoreError::Conflict);
 //! - database errors are classified once: unique violation → conflict, connection and pool
 //!   trouble → unavailable (retryable), the rest → backend.
+//!
+//! On PostgreSQL the claim skips rows another transaction holds locked for an instant, so a
+//! claim racing another write of the same warm node may find none and provision instead;
+//! it never hands one node to two tasks. The change feed is asynchronous: an event arrives
+//! shortly after its commit, in every replica, including for changes made just before a
+//! subscription started; events announced while a replica's listening connection is being
+//! re-established are missed (viewers catch up by cursor).
 //!
 //! ```
 //! # #[cfg(feature = "sqlite")]
