@@ -63,6 +63,9 @@ pub mod postgres;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresConfig, PostgresStore};
 
+#[cfg(feature = "local")]
+pub mod local;
+
 #[cfg(feature = "hetzner")]
 pub mod hetzner;
 #[cfg(feature = "vault")]

@@ -152,7 +152,11 @@ impl Node {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 workspaces: self.workspaces.reports().await,
             };
-            match self.control.hello(&hello).await {
+            let answer = tokio::select! {
+                r = self.control.hello(&hello) => r,
+                _ = stop_rx.changed() => break self.stop_reason(),
+            };
+            match answer {
                 Ok(()) => {
                     tracing::info!(node = %self.config.node_id, workspaces = hello.workspaces.len(), "registered with the control plane");
                     backoff = self.config.reconnect_initial;
