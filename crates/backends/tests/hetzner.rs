@@ -553,3 +553,28 @@ async fn the_journal_limit_setting_reaches_the_user_data() {
     assert!(request.user_data.unwrap().contains("SystemMaxUse=321M"));
     assert_eq!(request.name, format!("k-{}", spec.node_id));
 }
+
+#[tokio::test]
+async fn a_server_left_off_by_a_failed_create_is_deleted_and_the_create_starts_over() {
+    let (fake, provider) = setup().await;
+    fake.fail_next_action("create_server", "action_failed", "disk image unavailable");
+    fake.fail_next(Endpoint::DeleteServer, 1, FakeFailure::server_error());
+    let spec = spec();
+    let error = provider.create(&spec).await.unwrap_err();
+    assert!(
+        error.to_string().contains("disk image unavailable"),
+        "{error}"
+    );
+    assert_eq!(fake.servers()[0].status, "off", "the cleanup delete failed");
+
+    let error = provider.create(&spec).await.unwrap_err();
+    assert!(
+        error.is_retryable() && error.to_string().contains("left off"),
+        "{error}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let node = provider.create(&spec).await.expect("a fresh server");
+    assert_eq!(node.status, ProviderNodeStatus::Running);
+    assert_eq!(fake.create_requests().len(), 2);
+    assert_eq!(fake.servers().len(), 1);
+}

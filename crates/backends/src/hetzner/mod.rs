@@ -16,7 +16,8 @@
 //!   every `poll_interval`), then the server until it is `running`, all within
 //!   `create_timeout`. A transient failure while polling is waited out within that bound. If
 //!   an action ends in an error the half-made server is deleted and Hetzner's code and
-//!   message are returned. Two racing creates for one node meet at Hetzner's
+//!   message are returned (if that delete fails too, the next create finds the server `off`,
+//!   deletes it and answers a retryable error; the one after starts over). Two racing creates for one node meet at Hetzner's
 //!   `uniqueness_error` on the name; the loser returns the winner's server.
 //! - **get** — `GET /servers/{id}`; 404 is `None`.
 //! - **destroy** — `DELETE /servers/{id}` then follows the `delete_server` action within
@@ -375,6 +376,19 @@ impl NodeProvider for HetznerProvider {
     async fn create(&self, spec: &NodeSpec) -> Result<ProvisionedNode, ProviderError> {
         let deadline = add_duration(self.clock.now(), self.settings.create_timeout);
         let server = match self.find_by_node_id(spec.node_id).await? {
+            // Kiln never powers servers off: an `off` server is what a failed create left
+            // behind when deleting it failed too. Delete it now; the next create starts over.
+            Some(stale) if stale.status == "off" => {
+                let cause = ProviderError::Unavailable {
+                    message: format!(
+                        "Hetzner server {} for this node was left off by a failed create; \
+                         deleting it before trying again",
+                        stale.id
+                    ),
+                };
+                self.discard_failed(stale.id, &cause).await;
+                return Err(cause);
+            }
             Some(existing) => {
                 tracing::debug!(node = %spec.node_id, server = existing.id, "Hetzner server exists for this node");
                 existing
