@@ -5,6 +5,12 @@
 //! ([`HetznerClient`]). Kiln builds one provider per Hetzner API token — a user's or a
 //! project's token, kept sealed by the [`vault`](crate::vault) and opened only to build it.
 //!
+//! Why not the `hcloud` crate (0.26, generated from the OpenAPI document): it depends on
+//! reqwest 0.12 while the workspace uses 0.13 (two HTTP stacks in one binary), and its error
+//! type keeps the status and body but not the response headers, so `RateLimit-Reset` could
+//! not be honoured. Kiln needs five calls; a typed client of its own is smaller than the
+//! glue around a generated one, and the same [`api`] types serve the fake server.
+//!
 //! ## How Kiln uses it
 //!
 //! - **create** — the pool asks for a node of a size for an owner. The provider first looks
