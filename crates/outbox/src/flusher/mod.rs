@@ -181,6 +181,9 @@ struct RouteState {
     blocked_until: Option<Timestamp>,
     schedule: RetrySchedule,
     failing_since: Option<Timestamp>,
+    /// After a 413: the batch size the receiver is known to take, doubled back towards
+    /// `MSG_BATCH_MAX_SIZE` after each full batch it accepts.
+    size_cap: Option<usize>,
 }
 
 /// What one step did.
@@ -257,6 +260,7 @@ impl Flusher {
                 blocked_until: None,
                 schedule: RetrySchedule::new(config),
                 failing_since: None,
+                size_cap: None,
             })
     }
 
@@ -321,6 +325,11 @@ impl Flusher {
             .min();
         let config = &self.outbox.inner.config;
         let (max_rows, max_bytes) = (config.batch_max_size, config.batch_max_bytes);
+        let caps: HashMap<String, usize> = self
+            .routes
+            .iter()
+            .filter_map(|(w, r)| r.size_cap.map(|c| (w.clone(), c)))
+            .collect();
         let outbox = self.outbox.clone();
         let plan = tokio::task::spawn_blocking(move || -> Result<_, OutboxError> {
             let route = match outbox.oldest_route()? {
@@ -332,7 +341,8 @@ impl Flusher {
                     .find(|r| !blocked.contains(r)),
             };
             let Some(route) = route else { return Ok(None) };
-            let rows = outbox.load_batch(&route, max_rows, max_bytes)?;
+            let limit = caps.get(&route).map_or(max_rows, |c| (*c).min(max_rows));
+            let rows = outbox.load_batch(&route, limit, max_bytes)?;
             Ok(Some((route, rows)))
         })
         .await
@@ -407,7 +417,11 @@ impl Flusher {
                             ..Settle::default()
                         })
                         .await?;
+                    let max_rows = self.outbox.inner.config.batch_max_size;
                     let route = self.route(workspace);
+                    if let Some(cap) = route.size_cap.filter(|c| part.len() >= *c) {
+                        route.size_cap = Some(cap * 2).filter(|c| *c < max_rows);
+                    }
                     route.schedule.reset();
                     route.failing_since = None;
                     route.blocked_until = None;
@@ -418,6 +432,9 @@ impl Flusher {
                         .await?;
                 }
                 Err(SinkError::PayloadTooLarge { .. }) => {
+                    let route = self.route(workspace);
+                    let half = (part.len() / 2).max(1);
+                    route.size_cap = Some(route.size_cap.map_or(half, |c| c.min(half)));
                     let (first, second) = halves(part);
                     parts.push_front(second);
                     parts.push_front(first);
