@@ -107,6 +107,60 @@ async fn claims_from_two_replicas_never_double_claim() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn duplicate_inserts_from_two_replicas_are_counted_exactly() {
+    let Some(db) =
+        TestDatabase::create("duplicate_inserts_from_two_replicas_are_counted_exactly").await
+    else {
+        return;
+    };
+    let a: Arc<dyn Store> = Arc::new(store(&db).await);
+    let b: Arc<dyn Store> = Arc::new(store(&db).await);
+    let f = Fixture::new(a.clone()).await;
+    let sessions = [f.session(None).await.id, f.session(None).await.id];
+    // Batches mix both sessions, so transactions lock two sessions each (in id order).
+    let messages: Vec<_> = (0..60)
+        .map(|i| f.message(sessions[i % 2], Role::Assistant, &format!("d{i}")))
+        .collect();
+    let now = f.now();
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let store = if w % 2 == 0 { a.clone() } else { b.clone() };
+            let mut mine = messages.clone();
+            mine.rotate_left(w * 7);
+            tokio::spawn(async move {
+                let mut total = (0, 0);
+                for chunk in mine.chunks(10) {
+                    let out = store.insert_messages(chunk, now).await.expect("insert");
+                    total.0 += out.persisted;
+                    total.1 += out.duplicates;
+                }
+                total
+            })
+        })
+        .collect();
+    let (mut persisted, mut duplicates) = (0, 0);
+    for w in writers {
+        let (p, d) = w.await.unwrap();
+        persisted += p;
+        duplicates += d;
+    }
+    assert_eq!((persisted, duplicates), (60, 8 * 60 - 60));
+    for session in sessions {
+        let page = b
+            .list_messages(session, kiln_core::MessagePage::Latest { limit: 100 })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|m| m.cursor).collect::<Vec<_>>(),
+            (1..=30).collect::<Vec<_>>(),
+            "contiguous cursors per session"
+        );
+        let stored = a.get_session(session).await.unwrap().unwrap();
+        assert_eq!(stored.message_count, 30);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stored_and_published_changes_reach_another_replica() {
     let Some(db) = TestDatabase::create("stored_and_published_changes_reach_another_replica").await
     else {
