@@ -104,12 +104,16 @@ fn serve(path: &str, headers: &HeaderMap) -> Response {
     let mut response = if fresh {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
+        let body = match from_disk {
+            Some(bytes) => axum::body::Body::from(bytes),
+            None => axum::body::Body::from(asset.bytes),
+        };
         (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(asset.content_type),
             )],
-            asset.bytes,
+            body,
         )
             .into_response()
     };

@@ -59,9 +59,10 @@ export class BoardView {
     const open = () => this.onOpenSession(task.sessionId);
     const stop = (fn) => async (e) => {
       e.stopPropagation();
-      e.currentTarget.disabled = true;
+      const button = e.currentTarget;
+      button.disabled = true;
       try { await fn(); } catch (err) { error.textContent = err.message; error.hidden = false; }
-      finally { e.currentTarget.disabled = false; }
+      finally { button.disabled = false; }
     };
     const editable = task.status === 'draft' || task.status === 'ready';
     const card = h('article', {

@@ -46,7 +46,8 @@ export class ChatView {
       if (this.scroller.scrollTop < 60) this.loadOlder();
     });
 
-    state.on('sessions', () => this.renderSidebar());
+    state.on('sessions', () => { this.renderSidebar(); this.renderHeader(); });
+    state.on('activity', () => this.renderSidebar());
     state.on('tasks', () => { this.renderSidebar(); this.renderHeader(); });
     state.on('workspaces', () => { this.renderHeader(); this.renderDrawer(); });
     state.on('nodes', () => this.renderDrawer());
@@ -57,6 +58,10 @@ export class ChatView {
 
   /** Selects a session (or the newest one when `id` is null). */
   async select(id) {
+    if (id && !this.state.sessions.has(id)) {
+      // Just created (its session.updated frame may still be on its way), or linked to.
+      try { this.state.upsertSession(await api.session(id)); } catch { /* falls back to the newest */ }
+    }
     const sessions = this.state.sortedSessions();
     if (!id || !this.state.sessions.has(id)) id = sessions[0]?.id || null;
     const changed = id !== this.selectedId;
@@ -91,7 +96,7 @@ export class ChatView {
       key: (s) => s.id,
       version: (s) => {
         const t = this.state.taskOfSession(s);
-        return `${s.updatedAt}|${s.status}|${t?.status}|${t?.title}|${s.id === this.selectedId}`;
+        return `${this.state.lastActivity(s)}|${s.status}|${t?.status}|${t?.title}|${s.id === this.selectedId}`;
       },
       render: (s) => this.sessionItem(s),
     });
@@ -111,7 +116,7 @@ export class ChatView {
     task && task.title !== topic ? h('div', { class: 'session-task', text: task.title }) : null,
     h('div', { class: 'session-meta' },
       task ? statusBadge(task.status) : h('span', { class: `badge session-${s.status}`, text: s.status }),
-      timeAgo(s.updatedAt)));
+      timeAgo(new Date(this.state.lastActivity(s)).toISOString())));
   }
 
   renderHeader() {
@@ -126,9 +131,10 @@ export class ChatView {
       type: 'button', class: cls, dataset: { action: label.toLowerCase().replace(/\s+/g, '-') },
       on: {
         click: async (e) => {
-          e.currentTarget.disabled = true;
+          const button = e.currentTarget;
+          button.disabled = true;
           try { await fn(); error.hidden = true; } catch (err) { error.textContent = err.message; error.hidden = false; }
-          finally { e.currentTarget.disabled = false; }
+          finally { button.disabled = false; }
         },
       },
     }, label);

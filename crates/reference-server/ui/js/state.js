@@ -21,6 +21,9 @@ export class ProjectState {
     this.deltas = new Map();
     this.nodes = new Map();
     this.workspaces = new Map();
+    /** sessionId → the newest message time seen (a session's own updatedAt may lag). */
+    this.activity = new Map();
+    this.fetchingSessions = new Set();
     this.listeners = new Map();
   }
 
@@ -40,6 +43,16 @@ export class ProjectState {
     if (task.projectId !== this.project.id || !newer(this.tasks.get(task.id), task)) return;
     this.tasks.set(task.id, task);
     this.emit('tasks', task);
+    if (task.sessionId) this.ensureSession(task.sessionId);
+  }
+
+  /** Fetches a session the page has not heard of yet (a new task's, or a message's). */
+  async ensureSession(id) {
+    if (this.sessions.has(id) || this.fetchingSessions.has(id)) return;
+    this.fetchingSessions.add(id);
+    try { this.upsertSession(await api.session(id)); } catch { /* not ours, or gone */ } finally {
+      this.fetchingSessions.delete(id);
+    }
   }
 
   upsertSession(session) {
@@ -64,7 +77,12 @@ export class ProjectState {
   addMessages(sessionId, messages, { olderPageHasMore } = {}) {
     const entry = this.messageEntry(sessionId);
     let changed = false;
+    this.ensureSession(sessionId);
     for (const m of messages) {
+      if (!(Date.parse(m.createdAt) <= (this.activity.get(sessionId) || 0))) {
+        this.activity.set(sessionId, Date.parse(m.createdAt));
+        if (this.sessions.has(sessionId)) this.emit('activity', sessionId);
+      }
       const old = entry.byId.get(m.id);
       if (old && old.content === m.content && old.cursor === m.cursor) continue;
       entry.byId.set(m.id, m);
@@ -155,6 +173,11 @@ export class ProjectState {
   /** Sessions newest first. */
   sortedSessions() {
     return [...this.sessions.values()].sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt) || (a.id < b.id ? 1 : -1));
+  }
+
+  /** When a session last changed, as far as the page knows. */
+  lastActivity(session) {
+    return Math.max(Date.parse(session.updatedAt), this.activity.get(session.id) || 0);
   }
 
   taskOfSession(session) {

@@ -1,0 +1,114 @@
+// Chat view against a real `kiln serve` with the demo agent: Run Now streams messages in
+// live and the task completes; a failing task lands in failed; the nodes panel shows the
+// warm node counting down. Saves screenshots of the chat view and the nodes panel.
+
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import {
+  apiAs, assertNoReload, closeBrowser, contextAs, headerStatus, markNoReload, newUser, openProject,
+  runNow, screenshot, serverOrSkip, until,
+} from './harness.mjs';
+
+let user; let api; let project; let page; let context;
+
+before(async () => {
+  if (!process.env.KILN_URL) return;
+  user = newUser('chat');
+  api = apiAs(user);
+  project = await api.createProject('chat-demo', { defaultVmSize: 'small' });
+  ({ page, context } = await contextAs(user));
+});
+after(async () => { await context?.close(); await closeBrowser(); });
+
+test('Run Now: messages stream in live and the task completes', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id);
+  assert.ok(await page.locator('.empty h2').isVisible(), 'an empty project invites a first task');
+  await markNoReload(page);
+
+  const task = await runNow(page, api, project.id, 'Write a friendly greeting into the demo file');
+  assert.equal(task.priority, 0);
+  // The prompt is there at once; the agent's plan, tool card and answer follow live.
+  await page.waitForSelector('.msg.user', { timeout: 10000 });
+  await page.waitForSelector('.tool-card', { timeout: 60000 });
+  await page.waitForSelector('.msg.assistant:not(.streaming)', { timeout: 60000 });
+  await until('the task to complete in the header', async () => (await headerStatus(page)) === 'completed', { timeout: 60000 });
+  await assertNoReload(page);
+
+  // Every stored message is shown once, in order.
+  const stored = (await api.messages(task.sessionId)).messages;
+  const shownIds = await page.locator('.message-list [data-message-id]').evaluateAll((els) => els.map((e) => e.dataset.messageId));
+  const assistants = stored.filter((m) => m.role === 'assistant');
+  assert.ok(assistants.length >= 1, 'the demo agent answered');
+  for (const m of assistants) assert.ok(shownIds.includes(m.id), `assistant message ${m.id} is shown`);
+  assert.equal(await page.locator('.msg.streaming').count(), 0, 'no streaming bubble is left over');
+  assert.equal(await page.locator('.msg.assistant').count(), assistants.length, 'one bubble per answer');
+  // The sidebar shows the session with its task's status.
+  const item = page.locator(`.session-item[data-session-id="${task.sessionId}"]`);
+  assert.equal(await item.locator('.badge').getAttribute('data-status'), 'completed');
+  assert.deepEqual(page.errors, []);
+  await screenshot(page, 'chat-light');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await screenshot(page, 'chat-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
+});
+
+test('streamed text grows in one bubble that the stored message replaces', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id);
+  const topic = 'Explain, in a few careful sentences, why the greeting file matters to the people who read this repository every single day';
+  const lengths = [];
+  // Sample the streaming bubble's text from inside the page, every animation frame.
+  await page.evaluate(() => {
+    window.__kilnLengths = [];
+    const sample = () => {
+      const el = document.querySelector('.msg.streaming .msg-body');
+      if (el) {
+        const n = el.textContent.length;
+        const l = window.__kilnLengths;
+        if (!l.length || l[l.length - 1] !== n) l.push(n);
+      }
+      window.__kilnSampler = requestAnimationFrame(sample);
+    };
+    sample();
+  });
+  const task = await runNow(page, api, project.id, topic);
+  await until('the task to end', async () => ['completed', 'failed'].includes((await api.task(task.id)).status), { timeout: 60000 });
+  await page.waitForSelector('.msg.assistant:not(.streaming)', { timeout: 10000 });
+  lengths.push(...await page.evaluate(() => { cancelAnimationFrame(window.__kilnSampler); return window.__kilnLengths; }));
+  const increasing = lengths.filter((n, i) => i === 0 || n > lengths[i - 1]);
+  assert.ok(increasing.length >= 3, `the answer visibly grew (lengths seen: ${lengths.join(', ')})`);
+  const stored = (await api.messages(task.sessionId)).messages.filter((m) => m.role === 'assistant');
+  assert.equal(await page.locator('.msg.assistant').count(), stored.length, 'the stored message replaced the streaming bubble (no duplicate)');
+  assert.equal(await page.locator('.msg.streaming').count(), 0);
+});
+
+test('a failing task lands in failed, in the chat view and on the board', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id);
+  const task = await runNow(page, api, project.id, 'Try something that breaks\nkiln-demo: fail error');
+  await until('the task to fail in the header', async () => (await headerStatus(page)) === 'failed', { timeout: 60000 });
+  assert.equal((await api.task(task.id)).status, 'failed');
+  assert.ok(await page.locator('.task-error').isVisible(), 'the failure reason is shown');
+  assert.ok(await page.locator('[data-action="re-run"]').isVisible(), 'a failed task offers Re-run');
+  await page.keyboard.press('Escape');
+  await page.keyboard.press('b');
+  await page.waitForSelector(`[data-column="failed"] .card[data-task-id="${task.id}"]`, { timeout: 5000 });
+});
+
+test('the nodes panel shows the warm node and its countdown, live', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id, 'nodes');
+  const row = page.locator('.node-row[data-state="warm"]').first();
+  await row.waitFor({ timeout: 30000 });
+  const first = await row.locator('.countdown').textContent();
+  assert.match(first, /^\d+:\d\d(:\d\d)?$/);
+  await page.waitForTimeout(2100);
+  const later = await row.locator('.countdown').textContent();
+  assert.notEqual(later, first, 'the countdown ticks');
+  assert.ok(await row.locator('.chip').first().textContent(), 'the node size is shown');
+  await screenshot(page, 'nodes-light');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await screenshot(page, 'nodes-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
+});
