@@ -10,8 +10,8 @@
 //! | `--public-url` | `KILN_PUBLIC_URL` | `public_url` | `http://<listen>` (what nodes and login links use) |
 //! | `--secret-key` | `KILN_SECRET_KEY` | `secret_key` | generated into `<data dir>/secret.key` (mode 0600) on first start |
 //! | `--provider` | `KILN_PROVIDER` | `provider` | `local` (`kiln-node` processes on this machine) |
-//! | `--node-command` | `KILN_NODE_COMMAND` | `node_command` | `kiln-node` next to the `kiln` binary, else on `PATH` |
-//! | `--agent-command` | `KILN_AGENT_COMMAND` | `agent_command` | `kiln-demo-agent` next to the `kiln` binary, else on `PATH` |
+//! | `--agent-command` | `KILN_AGENT_COMMAND` | `agent_command` | unset: each node runs `kiln-demo-agent` from next to its `kiln-node` |
+//! | — | `KILN_NODE_BIN`, `KILN_LOCAL_NODES_DIR`, `KILN_LOCAL_STOP_GRACE_MS` | — | the local provider's settings (`kiln_backends::local::LocalConfig`); nodes live in `<data dir>/nodes` unless `KILN_LOCAL_NODES_DIR` says otherwise |
 //! | `--callback-token-ttl-secs` | `KILN_CALLBACK_TOKEN_TTL_SECS` | `callback_token_ttl_secs` | `86400` (node and workspace tokens) |
 //! | `--session-ttl-secs` | `KILN_SESSION_TTL_SECS` | `session_ttl_secs` | `2592000` (30 days, browser sessions) |
 //! | `--login-link` | `KILN_LOGIN_LINK` | `login_link` | `true` (print a one-time login link at start) |
@@ -54,10 +54,7 @@ pub struct ServeArgs {
     /// Node provider: `local`. Default: local.
     #[arg(long, env = "KILN_PROVIDER")]
     pub provider: Option<String>,
-    /// The agent host binary the local provider starts. Default: kiln-node.
-    #[arg(long, env = "KILN_NODE_COMMAND")]
-    pub node_command: Option<String>,
-    /// The ACP agent command nodes run. Default: kiln-demo-agent.
+    /// The ACP agent command nodes run. Default: the node's own default (kiln-demo-agent).
     #[arg(long, env = "KILN_AGENT_COMMAND")]
     pub agent_command: Option<String>,
     /// Lifetime of node and workspace callback tokens. Default: 86400.
@@ -84,7 +81,6 @@ struct FileConfig {
     public_url: Option<String>,
     secret_key: Option<String>,
     provider: Option<String>,
-    node_command: Option<String>,
     agent_command: Option<String>,
     callback_token_ttl_secs: Option<u64>,
     session_ttl_secs: Option<u64>,
@@ -139,10 +135,8 @@ pub struct Config {
     pub secret_key: Option<String>,
     /// Node provider name.
     pub provider: String,
-    /// Agent host binary.
-    pub node_command: String,
-    /// Agent command.
-    pub agent_command: String,
+    /// Agent command for the nodes, when configured.
+    pub agent_command: Option<String>,
     /// Callback token lifetime.
     pub callback_token_ttl: Duration,
     /// Browser session lifetime.
@@ -166,15 +160,6 @@ fn default_data_dir() -> PathBuf {
         Some(home) if !home.is_empty() => PathBuf::from(home).join(".local/share/kiln"),
         _ => PathBuf::from("kiln-data"),
     }
-}
-
-/// The path of a sibling binary of the running executable, or the bare name for `PATH`.
-fn sibling_binary(name: &str) -> String {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join(name)))
-        .filter(|p| p.is_file())
-        .map_or_else(|| name.to_owned(), |p| p.display().to_string())
 }
 
 impl Config {
@@ -231,14 +216,7 @@ impl Config {
             public_url,
             secret_key: args.secret_key.or(file.secret_key),
             provider,
-            node_command: args
-                .node_command
-                .or(file.node_command)
-                .unwrap_or_else(|| sibling_binary("kiln-node")),
-            agent_command: args
-                .agent_command
-                .or(file.agent_command)
-                .unwrap_or_else(|| sibling_binary("kiln-demo-agent")),
+            agent_command: args.agent_command.or(file.agent_command),
             callback_token_ttl: secs(
                 args.callback_token_ttl_secs,
                 file.callback_token_ttl_secs,

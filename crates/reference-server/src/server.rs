@@ -114,11 +114,18 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 
 /// The configured node provider.
 pub fn provider(config: &Config) -> Result<Arc<dyn NodeProvider>, StartError> {
-    // The local provider (kiln-backends, feature `local`) is not in the tree yet.
-    Err(StartError::Other(format!(
-        "node provider {:?} is not available in this build",
-        config.provider
-    )))
+    match config.provider.as_str() {
+        "local" => {
+            let mut local = kiln_backends::local::LocalConfig::from_env();
+            if std::env::var_os("KILN_LOCAL_NODES_DIR").is_none() {
+                local.base_dir = config.data_dir.join("nodes");
+            }
+            Ok(Arc::new(kiln_backends::local::LocalProvider::new(local)))
+        }
+        other => Err(StartError::Other(format!(
+            "node provider {other:?} is not available in this build"
+        ))),
+    }
 }
 
 /// A running server's parts, for embedding and tests.
@@ -145,10 +152,9 @@ pub fn assemble(
     let signer = TokenSigner::new(secret_key);
     let commands = Arc::new(CommandQueues::new());
     let mut env = BTreeMap::new();
-    env.insert(
-        "KILN_AGENT_COMMAND".to_owned(),
-        config.agent_command.clone(),
-    );
+    if let Some(agent) = &config.agent_command {
+        env.insert("KILN_AGENT_COMMAND".to_owned(), agent.clone());
+    }
     let bootstrap = TokenBootstrap {
         control_plane_url: public_url.to_owned(),
         signer: signer.clone(),

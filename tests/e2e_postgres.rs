@@ -1,0 +1,105 @@
+//! End to end on PostgreSQL with two server replicas: a task created through replica A runs
+//! on a real node, and a viewer connected to replica B receives every message and status
+//! change stored through A (LISTEN/NOTIFY).
+
+mod e2e_support;
+
+use std::time::Duration;
+
+use e2e_support::{Api, Kiln, check_messages, drain, git, git_repo, statuses_of};
+use kiln_core::{MessageId, TaskId};
+use sqlx::Connection;
+
+async fn database(test: &str) -> Option<(String, String)> {
+    let admin = match std::env::var("KILN_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var("KILN_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("{test}: KILN_REQUIRE_SERVICES=1 but KILN_TEST_POSTGRES_URL is not set")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: set KILN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test to run it"
+            );
+            return None;
+        }
+    };
+    let name = format!("kiln_e2e_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Some((format!("{base}/{name}"), name))
+}
+
+async fn drop_database(name: &str) {
+    let admin = std::env::var("KILN_TEST_POSTGRES_URL").unwrap();
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_postgres_run_a_task_and_share_live_updates() {
+    let Some((url, name)) = database("e2e postgres two replicas").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let repo = git_repo(dir.path());
+    {
+        let a = Kiln::start(&dir.path().join("a"), Some(&url), &[]).await;
+        let b = Kiln::start(&dir.path().join("b"), Some(&url), &[]).await;
+        let token = a.user_token("carol");
+        let api_a = Api::new(&a.base, &token);
+        let api_b = Api::new(&b.base, &token);
+        let project = api_a.project(&repo).await;
+        // The viewer is on replica B; everything is created through replica A.
+        let mut viewer = api_b.watch(&project).await;
+        let task = api_a.run_now(&project, "Write a file from replica A").await;
+        let done = api_a.wait_terminal(&task, Duration::from_secs(120)).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let branch = done["outputBranch"].as_str().unwrap();
+        assert!(
+            git(&repo, &["rev-parse", branch]).is_some(),
+            "branch {branch} pushed"
+        );
+        api_a
+            .wait_for("/api/nodes", Duration::from_secs(60), |v| {
+                v[0]["state"] == "warm"
+            })
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let frames = drain(&mut viewer);
+        let id = task["id"].as_str().unwrap();
+        let statuses = statuses_of(&frames, id);
+        assert!(
+            statuses.contains(&"in_progress".to_owned())
+                && statuses.last().map(String::as_str) == Some("completed"),
+            "replica B's viewer saw {statuses:?}"
+        );
+        let session = task["sessionId"].as_str().unwrap();
+        let stored = api_b.messages(session).await;
+        let task_id: TaskId = id.parse().unwrap();
+        check_messages(
+            &stored,
+            &frames,
+            session,
+            &MessageId::for_task_prompt(task_id).to_string(),
+        );
+        assert!(
+            frames.iter().any(|f| f["type"] == "node.updated"),
+            "node changes reach replica B's viewer too"
+        );
+        // The second replica serves the same data.
+        assert_eq!(
+            api_b.get(&format!("/api/tasks/{id}")).await["status"],
+            "completed"
+        );
+    }
+    drop_database(&name).await;
+}
