@@ -131,3 +131,65 @@ impl SqliteStore {
             .map_err(map_err)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kiln_core::{MessagePage, ProjectId, SessionQuery};
+    use sqlx::{AssertSqlSafe, Row};
+
+    use super::SqliteStore;
+    use super::nodes::claim_sql;
+    use super::sessions::{page_query, sessions_query};
+
+    async fn plan(store: &SqliteStore, sql: &str) -> String {
+        sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
+            .fetch_all(store.pool())
+            .await
+            .expect("explain")
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The page load (sessions of a project, latest messages of a session) and the claim
+    /// read through their indexes, in index order, without sorting.
+    #[tokio::test]
+    async fn the_page_load_and_the_claim_are_index_backed() {
+        let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+        let query = SessionQuery {
+            task_id: None,
+            limit: Some(100),
+        };
+        let sessions = plan(
+            &store,
+            sessions_query(ProjectId::new(), &query).sql().as_str(),
+        )
+        .await;
+        assert!(
+            sessions.contains("USING INDEX chat_sessions_by_project")
+                && !sessions.contains("B-TREE"),
+            "{sessions}"
+        );
+        for page in [
+            MessagePage::Latest { limit: 200 },
+            MessagePage::After {
+                cursor: 5,
+                limit: 200,
+            },
+        ] {
+            let messages = plan(&store, &page_query(page).0).await;
+            assert!(
+                messages.contains("USING INDEX sqlite_autoindex_chat_messages")
+                    && messages.contains("session_id=? AND cursor")
+                    && !messages.contains("B-TREE"),
+                "{messages}"
+            );
+        }
+        let claim = plan(&store, &claim_sql()).await;
+        assert!(
+            claim.contains("USING INDEX nodes_warm_by_owner_size") && !claim.contains("B-TREE"),
+            "{claim}"
+        );
+    }
+}

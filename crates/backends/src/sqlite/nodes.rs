@@ -12,6 +12,19 @@ use super::rows::{self, NODE_COLUMNS, us};
 use super::{SqliteStore, map_err};
 use crate::sql_common::{destroy_conflict, destroy_guard_sql, wrong_state};
 
+/// The claim: binds owner `?1`, size `?2`, location `?3` (or NULL), task `?4`, now `?5`.
+pub(super) fn claim_sql() -> String {
+    format!(
+        "UPDATE nodes SET state = 'active', warm_until = NULL, claimed_by = ?4, \
+         updated_at = ?5 \
+         WHERE id = (SELECT id FROM nodes WHERE owner = ?1 AND size = ?2 \
+             AND state = 'warm' AND warm_until > ?5 \
+             AND (?3 IS NULL OR location = ?3) \
+             ORDER BY warm_until, id LIMIT 1) \
+         AND state = 'warm' RETURNING {NODE_COLUMNS}"
+    )
+}
+
 async fn fetch_node(conn: &mut SqliteConnection, id: NodeId) -> Result<Option<Node>, StoreError> {
     sqlx::query(AssertSqlSafe(format!(
         "SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"
@@ -173,23 +186,15 @@ impl NodeStore for SqliteStore {
     ) -> Result<Option<Node>, StoreError> {
         // One statement: SQLite runs it under the write lock, so the inner pick and the
         // outer guard see the same row and two claimers can never both match it.
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE nodes SET state = 'active', warm_until = NULL, claimed_by = ?4, \
-             updated_at = ?5 \
-             WHERE id = (SELECT id FROM nodes WHERE owner = ?1 AND size = ?2 \
-                 AND state = 'warm' AND warm_until > ?5 \
-                 AND (?3 IS NULL OR location = ?3) \
-                 ORDER BY warm_until, id LIMIT 1) \
-             AND state = 'warm' RETURNING {NODE_COLUMNS}"
-        )))
-        .bind(owner.0)
-        .bind(size.as_str())
-        .bind(location)
-        .bind(task.0)
-        .bind(us(now))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(map_err)?;
+        let row = sqlx::query(AssertSqlSafe(claim_sql()))
+            .bind(owner.0)
+            .bind(size.as_str())
+            .bind(location)
+            .bind(task.0)
+            .bind(us(now))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_err)?;
         let claimed = one_node(row)?;
         if let Some(node) = &claimed {
             tracing::debug!(node = %node.id, %task, "claimed warm node");

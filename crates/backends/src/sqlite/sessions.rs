@@ -21,8 +21,44 @@ use crate::sql_common::{
 /// Rows per multi-row statement: well under SQLite's limit of bound variables.
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// The page below a cursor, newest first (reversed after reading).
-const NEWEST_BELOW: &str = "WHERE session_id = ?1 AND cursor < ?2 ORDER BY cursor DESC LIMIT ?3";
+/// A project's sessions, newest first (the sidebar).
+pub(super) fn sessions_query(project: ProjectId, query: &SessionQuery) -> QueryBuilder<Sqlite> {
+    let mut sql = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE project_id = "
+    ));
+    sql.push_bind(project.0);
+    if let Some(task) = query.task_id {
+        sql.push(" AND task_id = ").push_bind(task.0);
+    }
+    sql.push(" ORDER BY created_at DESC, id DESC");
+    if let Some(limit) = query.limit {
+        sql.push(" LIMIT ").push_bind(i64::from(limit));
+    }
+    sql
+}
+
+/// A page of messages: the SQL (binding session `?1`, cursor `?2`, limit `?3`), the cursor,
+/// the limit, and whether rows come newest first. Latest and Before read newest first
+/// through the (session_id, cursor) index and are reversed after reading, so every page
+/// comes back oldest first.
+pub(super) fn page_query(page: MessagePage) -> (String, i64, u32, bool) {
+    let (condition, cursor, limit, newest_first) = match page {
+        MessagePage::Latest { limit } => {
+            ("cursor < ?2 ORDER BY cursor DESC", i64::MAX, limit, true)
+        }
+        MessagePage::Before { cursor, limit } => {
+            ("cursor < ?2 ORDER BY cursor DESC", cursor, limit, true)
+        }
+        MessagePage::After { cursor, limit } => {
+            ("cursor > ?2 ORDER BY cursor", cursor, limit, false)
+        }
+    };
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE session_id = ?1 AND {condition} \
+         LIMIT ?3"
+    );
+    (sql, cursor, limit, newest_first)
+}
 
 #[async_trait]
 impl SessionStore for SqliteStore {
@@ -143,17 +179,7 @@ impl SessionStore for SqliteStore {
         project: ProjectId,
         query: &SessionQuery,
     ) -> Result<Vec<ChatSession>, StoreError> {
-        let mut sql = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE project_id = "
-        ));
-        sql.push_bind(project.0);
-        if let Some(task) = query.task_id {
-            sql.push(" AND task_id = ").push_bind(task.0);
-        }
-        sql.push(" ORDER BY created_at DESC, id DESC");
-        if let Some(limit) = query.limit {
-            sql.push(" LIMIT ").push_bind(i64::from(limit));
-        }
+        let mut sql = sessions_query(project, query);
         sql.build()
             .fetch_all(&self.pool)
             .await
@@ -294,30 +320,17 @@ impl SessionStore for SqliteStore {
         session: SessionId,
         page: MessagePage,
     ) -> Result<Vec<StoredMessage>, StoreError> {
-        // Latest and Before read newest first through the (session_id, cursor) index and
-        // are reversed here, so every page comes back oldest first.
-        let (sql, cursor, limit, reverse) = match page {
-            MessagePage::Latest { limit } => (NEWEST_BELOW, i64::MAX, limit, true),
-            MessagePage::Before { cursor, limit } => (NEWEST_BELOW, cursor, limit, true),
-            MessagePage::After { cursor, limit } => (
-                "WHERE session_id = ?1 AND cursor > ?2 ORDER BY cursor LIMIT ?3",
-                cursor,
-                limit,
-                false,
-            ),
-        };
-        let mut page = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM chat_messages {sql}"
-        )))
-        .bind(session.0)
-        .bind(cursor)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?
-        .iter()
-        .map(rows::message)
-        .collect::<Result<Vec<_>, _>>()?;
+        let (sql, cursor, limit, reverse) = page_query(page);
+        let mut page = sqlx::query(AssertSqlSafe(sql))
+            .bind(session.0)
+            .bind(cursor)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?
+            .iter()
+            .map(rows::message)
+            .collect::<Result<Vec<_>, _>>()?;
         if reverse {
             page.reverse();
         }
