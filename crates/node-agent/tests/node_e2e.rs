@@ -526,3 +526,43 @@ async fn the_node_reconnects_after_an_outage_and_stops_on_410() {
         .unwrap();
     assert_eq!(exit, NodeExit::Stopped);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_command_stops_the_node_and_is_acknowledged() {
+    let run = start_node().await;
+    run.fake
+        .wait_for(10, "hello", |i| (!i.hellos.is_empty()).then_some(()))
+        .await;
+    // A destroy for a workspace the node never had is still answered (idempotent).
+    let ghost = WorkspaceId::new();
+    run.fake.push(NodeCommand::DestroyWorkspace {
+        workspace_id: ghost,
+    });
+    run.fake
+        .wait_event(
+            "ghost destroyed",
+            |e| matches!(e, WorkspaceEvent::Destroyed { workspace_id } if *workspace_id == ghost),
+        )
+        .await;
+    run.fake.push(NodeCommand::Shutdown {
+        reason: "replaced".into(),
+    });
+    let exit = tokio::time::timeout(Duration::from_secs(10), run.node)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        exit,
+        NodeExit::Shutdown {
+            reason: "replaced".into()
+        }
+    );
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.data.path().join("node-state.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        state["lastSeq"], 2,
+        "the shutdown is remembered as executed"
+    );
+}

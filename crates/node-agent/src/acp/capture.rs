@@ -463,3 +463,124 @@ pub fn find_pr_url(text: &str) -> Option<String> {
     .rfind(is_pr)
     .map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use kiln_core::SystemClock;
+    use serde_json::json;
+
+    use super::*;
+    use crate::recorder::MemoryRecorder;
+
+    fn capture(session: Option<SessionId>) -> (SessionCapture, MemoryRecorder) {
+        let recorder = MemoryRecorder::new();
+        let capture = SessionCapture::new(
+            WorkspaceId::new(),
+            session,
+            Arc::new(recorder.clone()),
+            Arc::new(SystemClock),
+        )
+        .with_root(PathBuf::from("/ws"));
+        (capture, recorder)
+    }
+
+    /// Role, content and tool metadata (tool, target, status) of a recorded message.
+    type Seen = (
+        Role,
+        String,
+        Option<(String, Option<String>, Option<String>)>,
+    );
+
+    fn update(update: Value) -> Value {
+        json!({ "sessionId": "acp-1", "update": update })
+    }
+
+    /// Updates shaped like those of real agents (Claude Code, Gemini, Codex): tool calls
+    /// with raw input and no locations, updates without news, message ids, unknown kinds.
+    #[tokio::test]
+    async fn real_agent_updates_become_messages_and_the_rest_is_skipped() {
+        let (mut capture, recorder) = capture(Some(SessionId::new()));
+        let raw = [
+            json!({"sessionUpdate": "available_commands_update", "availableCommands": []}),
+            json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "Let me "}, "messageId": "m1"}),
+            json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "look."}, "messageId": "m1"}),
+            json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "Second."}, "messageId": "m2"}),
+            json!({"sessionUpdate": "tool_call", "toolCallId": "t1", "title": "`cargo test`", "kind": "execute", "status": "pending", "rawInput": {"command": "cargo test", "description": "run"}}),
+            json!({"sessionUpdate": "tool_call_update", "toolCallId": "t1", "fields": {}}),
+            json!({"sessionUpdate": "tool_call_update", "toolCallId": "t1", "status": "in_progress"}),
+            json!({"sessionUpdate": "tool_call_update", "toolCallId": "t1", "status": "completed", "content": [{"type": "content", "content": {"type": "text", "text": "test result: ok"}}]}),
+            json!({"sessionUpdate": "tool_call", "toolCallId": "t2", "title": "Read lib.rs", "kind": "read", "locations": [{"path": "/ws/src/lib.rs", "line": 3}]}),
+            json!({"sessionUpdate": "usage_update", "used": 10, "size": 100}),
+            json!({"sessionUpdate": "some_kind_from_the_future", "payload": 1}),
+            json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "image", "data": "AA==", "mimeType": "image/png"}}),
+            json!({"sessionUpdate": "plan", "entries": [{"content": "a", "priority": "high", "status": "completed"}, {"content": "b", "priority": "low", "status": "in_progress"}]}),
+        ];
+        for u in raw {
+            capture.apply_raw(&update(u)).await;
+        }
+        capture.finish_turn().await;
+        let messages = recorder.messages();
+        let summary: Vec<Seen> = messages
+            .iter()
+            .map(|m| {
+                (
+                    m.role,
+                    m.content.clone(),
+                    m.tool.clone().map(|t| (t.tool, t.target, t.status)),
+                )
+            })
+            .collect();
+        let tool = |t: &str, target: Option<&str>, status: Option<&str>| {
+            Some((
+                t.to_owned(),
+                target.map(str::to_owned),
+                status.map(str::to_owned),
+            ))
+        };
+        assert_eq!(
+            summary,
+            vec![
+                (Role::Assistant, "Let me look.".into(), None),
+                (Role::Assistant, "Second.".into(), None),
+                (
+                    Role::Tool,
+                    "`cargo test`".into(),
+                    tool("execute", Some("cargo test"), Some("pending"))
+                ),
+                (
+                    Role::Tool,
+                    "`cargo test`".into(),
+                    tool("execute", Some("cargo test"), Some("in_progress"))
+                ),
+                (
+                    Role::Tool,
+                    "`cargo test`\n\ntest result: ok".into(),
+                    tool("execute", Some("cargo test"), Some("completed"))
+                ),
+                (
+                    Role::Tool,
+                    "Read lib.rs".into(),
+                    tool("read", Some("src/lib.rs"), Some("pending"))
+                ),
+                (
+                    Role::System,
+                    "Plan:\n- [x] a\n- [~] b".into(),
+                    tool("plan", None, None)
+                ),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_session_nothing_is_recorded() {
+        let (mut capture, recorder) = capture(None);
+        capture.user_prompt(MessageId::new(), "hi").await;
+        capture
+            .apply_raw(&update(json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": "x"}})))
+            .await;
+        let summary = capture.finish_turn().await;
+        assert!(recorder.messages().is_empty());
+        // The completion still carries the summary.
+        assert_eq!(summary.summary.as_deref(), Some("x"));
+    }
+}

@@ -130,6 +130,8 @@ impl AgentHost {
         let mut cmd = Command::new(&words[0]);
         cmd.args(&words[1..])
             .current_dir(root.path())
+            // The node's own token is not the agent's business.
+            .env_remove("CALLBACK_TOKEN")
             .envs(&launch.env)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -102,6 +102,7 @@ impl Terminals {
             direct
         };
         cmd.current_dir(&cwd)
+            .env_remove("CALLBACK_TOKEN")
             .envs(
                 request
                     .env
@@ -247,4 +248,60 @@ fn exit_status(status: std::process::ExitStatus) -> TerminalExitStatus {
         }
     }
     exit
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use agent_client_protocol::v1::schema::CreateTerminalRequest;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn terminals_run_in_the_workspace_capture_output_and_refuse_outside_cwds() {
+        let dir = tempfile::tempdir().unwrap();
+        let terminals = Terminals::new(WorkspaceRoot::new(dir.path()).unwrap());
+        let id = terminals
+            .create(&CreateTerminalRequest::new(
+                "s",
+                "pwd; echo out; echo err >&2; exit 4",
+            ))
+            .unwrap();
+        let exit = terminals.wait(&id).await.unwrap();
+        assert_eq!(exit.exit_code, Some(4));
+        let (output, truncated, status) = terminals.output(&id).unwrap();
+        assert!(
+            output.contains(&terminals.root().display().to_string()),
+            "{output}"
+        );
+        assert!(output.contains("out") && output.contains("err"), "{output}");
+        assert!(!truncated && status.is_some());
+
+        // Output is cut from the front to the byte limit.
+        let mut small = CreateTerminalRequest::new("s", "printf");
+        small.args = vec!["0123456789".into()];
+        small.output_byte_limit = Some(4);
+        let id = terminals.create(&small).unwrap();
+        terminals.wait(&id).await.unwrap();
+        assert_eq!(terminals.output(&id).unwrap().0, "6789");
+        assert!(terminals.output(&id).unwrap().1);
+
+        // A long command is killed; released terminals are gone.
+        let id = terminals
+            .create(&CreateTerminalRequest::new("s", "sleep 30"))
+            .unwrap();
+        terminals.kill(&id).await.unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(5), terminals.wait(&id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(exit.signal.is_some(), "{exit:?}");
+        terminals.release(&id).await.unwrap();
+        assert!(terminals.output(&id).is_err());
+
+        let mut outside = CreateTerminalRequest::new("s", "ls");
+        outside.cwd = Some("/".into());
+        assert!(terminals.create(&outside).is_err());
+    }
 }
