@@ -267,3 +267,90 @@ pub async fn workspace_listing_by_owner_excludes_other_owners(store: Arc<dyn Sto
         .collect();
     assert_eq!(listed, vec![a.id]);
 }
+
+/// Creating a row whose id exists is a conflict; creating one under a missing project is
+/// "not found" (the store's foreign keys and unique keys surface as these two errors).
+pub async fn creates_reject_duplicates_and_unknown_parents(store: Arc<dyn Store>) {
+    use crate::store::StoreError;
+    let f = Fixture::new(store.clone()).await;
+    let session = f.session(None).await;
+    let conflict = |r: Result<(), StoreError>, what: &str| {
+        assert!(
+            matches!(r, Err(StoreError::Conflict { .. })),
+            "{what}: {r:?}"
+        );
+    };
+    conflict(store.create_session(&session).await, "duplicate session");
+    let mut orphan = session.clone();
+    orphan.id = crate::ids::SessionId::new();
+    orphan.project_id = crate::ids::ProjectId::new();
+    let r = store.create_session(&orphan).await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound { .. })),
+        "session of a missing project: {r:?}"
+    );
+    let mut task = f.task("orphan", 0, TaskStatus::Draft);
+    task.project_id = crate::ids::ProjectId::new();
+    let r = store.create_task(&task).await;
+    assert!(
+        matches!(r, Err(StoreError::NotFound { .. })),
+        "task of a missing project: {r:?}"
+    );
+    let node = f.warm_node(VmSize::Small, Duration::from_secs(60)).await;
+    conflict(store.insert_node(&node).await, "duplicate node");
+    let workspace = Workspace {
+        id: WorkspaceId::new(),
+        node_id: node.id,
+        owner: f.owner,
+        project_id: None,
+        task_id: None,
+        session_id: Some(session.id),
+        branch: None,
+        status: WorkspaceStatus::Creating,
+        created_at: f.now(),
+        updated_at: f.now(),
+    };
+    store.create_workspace(&workspace).await.unwrap();
+    conflict(
+        store.create_workspace(&workspace).await,
+        "duplicate workspace",
+    );
+}
+
+/// A batch that stores nothing new announces nothing.
+pub async fn a_batch_of_duplicates_announces_nothing(store: Arc<dyn Store>) {
+    let f = Fixture::new(store.clone()).await;
+    let s = f.session(None).await;
+    let batch = vec![f.message(s.id, Role::Assistant, "once")];
+    store.insert_messages(&batch, f.now()).await.unwrap();
+    let mut feed = store.subscribe().await.unwrap();
+    let out = store.insert_messages(&batch, f.now()).await.unwrap();
+    assert_eq!((out.persisted, out.duplicates), (0, 1));
+    let marker = crate::store::StoreEvent {
+        owner: f.owner,
+        project_id: Some(f.project.id),
+        change: Change::Session { session_id: s.id },
+    };
+    store.publish(&marker).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let event = tokio::time::timeout_at(deadline, feed.next())
+            .await
+            .expect("the marker arrived within 10 s")
+            .expect("the feed stays open");
+        if event == marker {
+            break;
+        }
+        // The first insert's announcement may still be on its way (feeds that cross
+        // processes are asynchronous); anything later about this session is a bug.
+        if let Change::MessagesStored {
+            session_id, first, ..
+        } = event.change
+        {
+            assert!(
+                session_id != s.id || first == 1,
+                "a duplicate batch was announced: {event:?}"
+            );
+        }
+    }
+}

@@ -60,7 +60,9 @@ pub async fn store_suite(store: Arc<dyn Store>) {
     ties_in_order_break_by_id(store.clone()).await;
     deleting_a_task_keeps_its_session(store.clone()).await;
     editing_a_message_moves_its_session(store.clone()).await;
-    workspace_listing_by_owner_excludes_other_owners(store).await;
+    workspace_listing_by_owner_excludes_other_owners(store.clone()).await;
+    creates_reject_duplicates_and_unknown_parents(store.clone()).await;
+    a_batch_of_duplicates_announces_nothing(store).await;
 }
 
 #[cfg(test)]
