@@ -29,7 +29,7 @@ test('Save to Backlog → draft card → edit → Run → completed', async (t) 
   await page.click('[data-action="save-backlog"]');
   const task = await until('the draft', async () => (await api.tasks(project.id)).find((x) => x.title.includes('Rename')));
   assert.equal(task.status, 'draft');
-  assert.equal(await page.inputValue('.composer-text'), '', 'the submit bar is cleared');
+  await until('the submit bar to be cleared', async () => (await page.inputValue('.composer-text')) === '');
 
   await page.keyboard.press('Escape');
   await page.keyboard.press('b');

@@ -33,7 +33,17 @@ export class BoardView {
     state.on('workspaces', () => this.render());
   }
 
+  /** Re-renders now if shown, else when next shown (a hidden board costs nothing). */
   render() {
+    if (this.el.hidden) { this.dirty = true; return; }
+    this.dirty = false;
+    this.renderNow();
+  }
+
+  /** Called when the board is shown. */
+  shown() { if (this.dirty !== false) this.render(); }
+
+  renderNow() {
     const byStatus = new Map(COLUMNS.map(([s]) => [s, []]));
     for (const t of this.state.tasks.values()) byStatus.get(t.status)?.push(t);
     for (const [status, tasks] of byStatus) {
@@ -50,7 +60,7 @@ export class BoardView {
         render: (t) => this.card(t),
       });
     }
-    for (const t of this.state.tasks.values()) if (t.workspaceId) this.state.loadWorkspace(t.workspaceId);
+    this.state.loadWorkspaces();
   }
 
   card(task) {
@@ -87,15 +97,5 @@ export class BoardView {
       editable ? h('button', { type: 'button', class: 'btn tiny primary', dataset: { action: 'run' }, on: { click: stop(async () => this.state.upsertTask(await api.runTask(task.id))) } }, icon('play'), 'Run') : null),
     error);
     return card;
-  }
-
-  saveScroll() {
-    return { x: this.el.scrollLeft, columns: [...this.columns].map(([s, c]) => [s, c.cards.scrollTop]) };
-  }
-
-  restoreScroll(saved) {
-    if (!saved) return;
-    this.el.scrollLeft = saved.x;
-    for (const [s, top] of saved.columns) this.columns.get(s).cards.scrollTop = top;
   }
 }

@@ -3,7 +3,7 @@
 // the workspace panel ("Open workspace": a live tail and a follow-up prompt box).
 
 import { api } from './api.js';
-import { h, icon, replace, shortId, statusBadge, syncChildren } from './dom.js';
+import { h, icon, navigate, replace, shortId, statusBadge, syncChildren } from './dom.js';
 import { inline } from './markdown.js';
 import { oneLine, renderItem, renderItems } from './messages.js';
 import { timeAgo } from './time.js';
@@ -11,7 +11,7 @@ import { timeAgo } from './time.js';
 const NEAR_BOTTOM_PX = 48;
 
 export class ChatView {
-  constructor({ state, composer, onSelect, onEditTask, canStartChat, onNewChat }) {
+  constructor({ state, composer, onSelect, onEditTask }) {
     this.state = state;
     this.onSelect = onSelect;
     this.onEditTask = onEditTask;
@@ -19,11 +19,9 @@ export class ChatView {
     this.workspaceOpen = false;
 
     this.list = h('nav', { class: 'session-list', 'aria-label': 'Chat sessions' });
-    const newChat = canStartChat
-      ? h('button', { class: 'btn ghost small', type: 'button', on: { click: onNewChat } }, icon('plus'), 'New chat')
-      : null;
+    this.newChat = h('button', { class: 'btn ghost small', type: 'button', hidden: true, dataset: { action: 'new-chat' } }, icon('plus'), 'New chat');
     this.sidebar = h('aside', { class: 'sidebar' },
-      h('div', { class: 'sidebar-head' }, h('span', { text: 'Sessions' }), h('span', { class: 'count' }), newChat),
+      h('div', { class: 'sidebar-head' }, h('span', { text: 'Sessions' }), h('span', { class: 'count' }), this.newChat),
       this.list);
 
     this.header = h('header', { class: 'session-header' });
@@ -54,6 +52,12 @@ export class ChatView {
     state.on('messages', (sessionId) => {
       if (sessionId === this.selectedId) { this.renderMessages(); this.renderDrawer(); }
     });
+  }
+
+  /** Shows "New chat" (a chat without a task) when the server supports it. */
+  enableNewChat(start) {
+    this.newChat.hidden = !start;
+    this.newChat.onclick = start;
   }
 
   /** Selects a session (or the newest one when `id` is null). */
@@ -269,14 +273,6 @@ export class ChatView {
     const sessions = this.state.sortedSessions();
     const i = sessions.findIndex((s) => s.id === this.selectedId);
     const next = sessions[Math.max(0, Math.min(sessions.length - 1, i + delta))];
-    if (next) location.hash = `#/p/${this.state.project.id}/s/${next.id}`;
-  }
-
-  saveScroll() { return { messages: this.scroller.scrollTop, sidebar: this.list.scrollTop, atBottom: this.atBottom() }; }
-
-  restoreScroll(saved) {
-    if (!saved) return;
-    this.list.scrollTop = saved.sidebar;
-    if (saved.atBottom) this.scrollToBottom(false); else this.scroller.scrollTop = saved.messages;
+    if (next) navigate(`#/p/${this.state.project.id}/s/${next.id}`);
   }
 }

@@ -107,3 +107,13 @@ export function statusBadge(status) {
 }
 
 export function shortId(id) { return String(id).slice(-8); }
+
+/**
+ * Goes to an in-app address (`#/…`) at once: the history entry is pushed and the router runs
+ * synchronously (a `location.hash` change would wait for the browser's hashchange task).
+ */
+export function navigate(hash, { replace: replaceEntry = false } = {}) {
+  if (location.hash === hash) return;
+  if (replaceEntry) history.replaceState(null, '', hash); else history.pushState(null, '', hash);
+  window.dispatchEvent(new Event('kiln:navigate'));
+}

@@ -44,10 +44,10 @@ export class LiveConnection {
   apply({ type, data }) {
     const s = this.state;
     switch (type) {
-      case 'message.new': s.addMessages(data.sessionId, [data]); break;
-      case 'message.delta': s.applyDelta(data); break;
+      case 'message.new': s.ensureSession(data.sessionId); s.addMessages(data.sessionId, [data]); break;
+      case 'message.delta': s.ensureSession(data.sessionId); s.applyDelta(data); break;
       case 'session.updated': s.upsertSession(data); break;
-      case 'task.updated': s.upsertTask(data); break;
+      case 'task.updated': if (data.sessionId) s.ensureSession(data.sessionId); s.upsertTask(data); break;
       case 'node.updated': s.upsertNode(data); break;
       case 'workspace.updated': s.upsertWorkspace(data); break;
       default: break;

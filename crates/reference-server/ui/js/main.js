@@ -4,7 +4,7 @@
 // #/p/:id/board · #/p/:id/nodes · #/p/:id/edit · #/signin
 
 import { api, onUnauthorized, signOut } from './api.js';
-import { h, icon, replace } from './dom.js';
+import { h, icon, navigate, replace } from './dom.js';
 import { ProjectPage } from './project.js';
 import { projectForm, projectsPage } from './projects.js';
 import { signInPage } from './signin.js';
@@ -50,7 +50,7 @@ function renderTopbar() {
       me ? h('span', { class: 'user', title: `Signed in as ${me.name}`, text: me.name }) : null,
       me ? h('button', {
         class: 'btn ghost small', type: 'button', text: 'Sign out',
-        on: { click: async () => { await signOut(); me = null; location.hash = '#/signin'; } },
+        on: { click: async () => { await signOut(); me = null; navigate('#/signin'); } },
       }) : null));
 }
 
@@ -79,22 +79,24 @@ let routing = 0;
 async function route() {
   const ticket = ++routing;
   const r = parse(location.hash);
-  if (!me && r.name !== 'signin') {
-    try { me = await api.me(); } catch { location.hash = '#/signin'; return; }
+  // Who is signed in, asked alongside the page's own data (a 401 anywhere leads to sign-in).
+  const who = !me && r.name !== 'signin' ? api.me().then((u) => { me = u; renderTopbar(); }) : null;
+  if (who && r.name !== 'project') {
+    try { await who; } catch { navigate('#/signin'); return; }
   }
   try {
     if (r.name === 'signin') {
       closeProject();
       me = null;
       renderTopbar();
-      replace(content, signInPage((user) => { me = user; location.hash = '#/'; }));
+      replace(content, signInPage((user) => { me = user; navigate('#/'); }));
       return;
     }
     if (r.name === 'project') {
       if (projectPage?.state.project.id !== r.id) {
         closeProject();
         replace(content, h('div', { class: 'loading', text: 'Loading project…' }));
-        const page = await ProjectPage.open(r.id);
+        const [page] = await Promise.all([ProjectPage.open(r.id, r.session), who]);
         if (ticket !== routing) { page.close(); return; }
         projectPage = page;
         document.body.classList.add('in-project');
@@ -125,8 +127,17 @@ async function route() {
   }
 }
 
-onUnauthorized(() => { if (me) { me = null; location.hash = '#/signin'; } });
+onUnauthorized(() => { me = null; if (parse(location.hash).name !== 'signin') navigate('#/signin'); });
 window.addEventListener('hashchange', route);
+window.addEventListener('kiln:navigate', route);
+// In-app links switch at once (no wait for the browser's hashchange).
+document.addEventListener('click', (e) => {
+  if (e.defaultPrevented || e.button !== 0 || e.ctrlKey || e.metaKey || e.shiftKey || e.altKey) return;
+  const a = e.target.closest?.('a[href^="#/"]');
+  if (!a || a.target) return;
+  e.preventDefault();
+  navigate(a.getAttribute('href'));
+});
 
 // ---- keys -----------------------------------------------------------------------------
 document.addEventListener('keydown', (e) => {

@@ -20,6 +20,14 @@ export class NodesView {
   }
 
   render() {
+    if (this.el.hidden) { this.dirty = true; return; }
+    this.dirty = false;
+    this.renderNow();
+  }
+
+  shown() { if (this.dirty !== false) this.render(); }
+
+  renderNow() {
     const nodes = [...this.state.nodes.values()]
       .filter((n) => this.showGone || n.state !== 'destroyed')
       .sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt));

@@ -1,9 +1,9 @@
 // A project's page: the chat view (default), the kanban board and the nodes panel, one
-// click or key away from each other. Each view keeps its DOM (and so its state) while
-// hidden, and its scroll positions are restored when it comes back.
+// click or key away from each other. Each view keeps its DOM, its layout and its scroll
+// positions while hidden (see `.pane[hidden]` in app.css), so switching is a repaint.
 
 import { api, request } from './api.js';
-import { h, icon } from './dom.js';
+import { h, icon, navigate } from './dom.js';
 import { BoardView } from './board.js';
 import { ChatView } from './chat.js';
 import { createComposer } from './composer.js';
@@ -14,6 +14,26 @@ import { editTask } from './task-dialog.js';
 
 export const VIEWS = ['chat', 'board', 'nodes'];
 
+/** The scroll offsets of every scrolled element in `root`. */
+function scrollsOf(root) {
+  const out = [];
+  for (const el of [root, ...root.querySelectorAll('.messages, .session-list, .cards, .workspace-panel')]) {
+    if (el.scrollTop || el.scrollLeft) out.push([el, el.scrollLeft, el.scrollTop]);
+  }
+  return out;
+}
+
+function restoreScrolls(saved) {
+  for (const [el, left, top] of saved) {
+    if (el.scrollTop !== top) el.scrollTop = top;
+    if (el.scrollLeft !== left) el.scrollLeft = left;
+  }
+}
+
+function newest(sessions) {
+  return [...sessions].sort((a, b) => Date.parse(b.createdAt) - Date.parse(a.createdAt))[0];
+}
+
 /** Whether the server can open a chat without a task (`POST /api/projects/{id}/sessions`). */
 async function serverSupportsNewChat() {
   try {
@@ -23,26 +43,39 @@ async function serverSupportsNewChat() {
 }
 
 export class ProjectPage {
-  static async open(projectId) {
-    const [project, canStartChat] = await Promise.all([api.project(projectId), serverSupportsNewChat()]);
-    const page = new ProjectPage(project, canStartChat);
-    await page.state.loadAll();
+  /**
+   * Loads a project's page: the project, its tasks, sessions and nodes, and the messages of
+   * the session to show first, all at once (the messages as soon as the sessions are known).
+   */
+  static async open(projectId, sessionId) {
+    const sessions = api.sessions(projectId);
+    const first = sessions.then((list) => {
+      const target = sessionId || newest(list)?.id;
+      return target ? api.messages(target).then((page) => ({ target, page })) : null;
+    }).catch(() => null);
+    const [project, tasks, sessionList, nodes, latest] = await Promise.all([
+      api.project(projectId), api.tasks(projectId), sessions, api.nodes(), first,
+    ]);
+    const page = new ProjectPage(project);
+    page.state.applyLists(tasks, sessionList, nodes);
+    if (latest) page.state.applyLatestPage(latest.target, latest.page);
+    serverSupportsNewChat().then((yes) => page.chat.enableNewChat(yes ? () => page.newChat() : null));
     return page;
   }
 
-  constructor(project, canStartChat) {
+  constructor(project) {
     this.state = new ProjectState(project);
     this.view = null;
-    this.scroll = {};
+    /** view → [[scroller, scrollLeft, scrollTop]] when it was last hidden. */
+    this.scrolls = new Map();
     const state = this.state;
-    const goSession = (id) => { location.hash = `#/p/${project.id}/s/${id}`; };
+    const goSession = (id) => { navigate(`#/p/${project.id}/s/${id}`); };
     const onEditTask = (task) => editTask(state, task);
 
     this.composer = createComposer({ state, onCreated: (task) => { if (task.sessionId) goSession(task.sessionId); } });
     this.chat = new ChatView({
-      state, composer: this.composer, onEditTask, canStartChat,
+      state, composer: this.composer, onEditTask,
       onSelect: (id) => { this.lastSession = id; },
-      onNewChat: () => this.newChat(),
     });
     this.board = new BoardView({ state, onEditTask, onOpenSession: (id) => { if (id) goSession(id); } });
     this.nodes = new NodesView({ state });
@@ -66,8 +99,6 @@ export class ProjectPage {
       this.status.dataset.state = s;
       this.status.textContent = s === 'live' ? 'Live' : s === 'connecting' ? 'Connecting…' : 'Reconnecting…';
     });
-    this.board.render();
-    this.nodes.render();
   }
 
   tab(name, label, key, iconEl) {
@@ -79,10 +110,12 @@ export class ProjectPage {
 
   /** Shows `view`; in the chat view, selects `sessionId` (or keeps the current one). */
   async show(view, sessionId) {
-    if (this.view && this.view !== view) this.scroll[this.view] = this.saveScroll(this.view);
-    const switching = this.view !== view;
+    if (this.view && this.view !== view) this.scrolls.set(this.view, scrollsOf(this.panes[this.view]));
+    const saved = this.view !== view ? this.scrolls.get(view) : undefined;
     this.view = view;
     for (const [name, el] of Object.entries(this.panes)) el.hidden = name !== view;
+    if (view === 'board') this.board.shown();
+    if (view === 'nodes') this.nodes.shown();
     for (const t of this.tabs.children) {
       const on = t.dataset.view === view;
       t.setAttribute('aria-selected', String(on));
@@ -92,34 +125,23 @@ export class ProjectPage {
       const target = sessionId || this.chat.selectedId || this.lastSession || null;
       if (target !== this.chat.selectedId || !this.chat.selectedId) await this.chat.select(target);
     }
-    if (switching) this.restoreScroll(view);
-  }
-
-  saveScroll(view) {
-    if (view === 'chat') return this.chat.saveScroll();
-    if (view === 'board') return this.board.saveScroll();
-    return { top: this.nodes.el.scrollTop };
-  }
-
-  restoreScroll(view) {
-    const saved = this.scroll[view];
-    if (view === 'chat') this.chat.restoreScroll(saved);
-    else if (view === 'board') this.board.restoreScroll(saved);
-    else if (saved) this.nodes.el.scrollTop = saved.top;
+    // Browsers may drop the offsets of scrollers inside a hidden view: put back any that moved,
+    // before the first frame of the view is painted.
+    if (saved) requestAnimationFrame(() => restoreScrolls(saved));
   }
 
   async newChat() {
     const session = await request('POST', `/api/projects/${encodeURIComponent(this.state.project.id)}/sessions`, {});
-    if (session?.id) { this.state.upsertSession(session); location.hash = `#/p/${this.state.project.id}/s/${session.id}`; }
+    if (session?.id) { this.state.upsertSession(session); navigate(`#/p/${this.state.project.id}/s/${session.id}`); }
   }
 
   /** Keys of this page (not typed into a field). */
   key(e) {
     const base = `#/p/${this.state.project.id}`;
     switch (e.key) {
-      case 'c': location.hash = base; return true;
-      case 'b': location.hash = `${base}/board`; return true;
-      case 'n': location.hash = `${base}/nodes`; return true;
+      case 'c': navigate(base); return true;
+      case 'b': navigate(`${base}/board`); return true;
+      case 'n': navigate(`${base}/nodes`); return true;
       case 'j': if (this.view === 'chat') { this.chat.step(1); return true; } return false;
       case 'k': if (this.view === 'chat') { this.chat.step(-1); return true; } return false;
       case '/': if (this.view === 'chat') { this.composer.focus(); return true; } return false;

@@ -1,7 +1,7 @@
 // The projects list and the create/edit form (name, repository, default VM size).
 
 import { api } from './api.js';
-import { h, icon } from './dom.js';
+import { h, icon, navigate } from './dom.js';
 import { timeAgo } from './time.js';
 
 export async function projectsPage() {
@@ -44,7 +44,7 @@ export async function projectForm(projectId) {
         };
         try {
           const saved = project ? await api.updateProject(project.id, body) : await api.createProject(body);
-          location.hash = `#/p/${saved.id}`;
+          navigate(`#/p/${saved.id}`);
         } catch (err) {
           error.textContent = err.message;
           error.hidden = false;

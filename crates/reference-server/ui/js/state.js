@@ -43,7 +43,6 @@ export class ProjectState {
     if (task.projectId !== this.project.id || !newer(this.tasks.get(task.id), task)) return;
     this.tasks.set(task.id, task);
     this.emit('tasks', task);
-    if (task.sessionId) this.ensureSession(task.sessionId);
   }
 
   /** Fetches a session the page has not heard of yet (a new task's, or a message's). */
@@ -77,7 +76,6 @@ export class ProjectState {
   addMessages(sessionId, messages, { olderPageHasMore } = {}) {
     const entry = this.messageEntry(sessionId);
     let changed = false;
-    this.ensureSession(sessionId);
     for (const m of messages) {
       if (!(Date.parse(m.createdAt) <= (this.activity.get(sessionId) || 0))) {
         this.activity.set(sessionId, Date.parse(m.createdAt));
@@ -119,17 +117,29 @@ export class ProjectState {
 
   // ---- loading -------------------------------------------------------------------------
 
+  /** Everything of the project; sessions first, so tasks find theirs. */
   async loadAll() {
     const [tasks, sessions, nodes] = await Promise.all([
       api.tasks(this.project.id), api.sessions(this.project.id), api.nodes(),
     ]);
+    this.applyLists(tasks, sessions, nodes);
+  }
+
+  applyLists(tasks, sessions, nodes) {
+    sessions.forEach((s) => this.upsertSession(s));
     const present = new Set(tasks.map((t) => t.id));
     for (const id of [...this.tasks.keys()]) {
       if (!present.has(id)) { this.tasks.delete(id); this.emit('tasks', { id, deleted: true }); }
     }
     tasks.forEach((t) => this.upsertTask(t));
-    sessions.forEach((s) => this.upsertSession(s));
     nodes.forEach((n) => this.upsertNode(n));
+  }
+
+  /** A first page of a session's messages fetched before the page was built. */
+  applyLatestPage(sessionId, page) {
+    const entry = this.messageEntry(sessionId);
+    entry.loaded = true;
+    this.addMessages(sessionId, page.messages, { olderPageHasMore: page.hasMore });
   }
 
   /** The latest page of a session, once. */
@@ -161,6 +171,13 @@ export class ProjectState {
       this.addMessages(sessionId, page.messages);
       if (!page.hasMore || !page.messages.length) return;
     }
+  }
+
+  /** Every workspace of the user, once (the board's workspace indicators). */
+  async loadWorkspaces() {
+    if (this.workspacesLoaded) return;
+    this.workspacesLoaded = true;
+    try { (await api.workspaces()).forEach((w) => this.upsertWorkspace(w)); } catch { this.workspacesLoaded = false; }
   }
 
   async loadWorkspace(id) {
