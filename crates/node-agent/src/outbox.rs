@@ -83,6 +83,20 @@ impl OutboxRoutes {
         self.flusher.metrics()
     }
 
+    /// Waits until every pending message is delivered or `timeout` passes; returns how
+    /// many are still pending (they stay on disk for the next start).
+    pub async fn drain(&self, timeout: std::time::Duration) -> u64 {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.flusher.wake();
+        loop {
+            let pending = self.outbox.pending_count();
+            if pending == 0 || tokio::time::Instant::now() >= deadline {
+                return pending;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// The underlying outbox.
     #[must_use]
     pub fn outbox(&self) -> &Outbox {

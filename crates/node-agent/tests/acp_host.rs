@@ -175,3 +175,33 @@ async fn paths_outside_the_workspace_are_refused_for_reads_and_writes() {
     assert!(!target.exists());
     host.stop().await;
 }
+
+#[tokio::test]
+async fn a_banner_on_stdout_does_not_break_the_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorder = MemoryRecorder::new();
+    let capture = SessionCapture::new(
+        WorkspaceId::new(),
+        Some(SessionId::new()),
+        Arc::new(recorder.clone()),
+        Arc::new(SystemClock),
+    );
+    let (tx, mut reports) = mpsc::unbounded_channel();
+    let mut launch = launch(dir.path(), &[]);
+    launch.command = format!("sh -c 'echo Welcome to the agent; echo; exec {DEMO}'");
+    let host = AgentHost::start(launch, capture, tx).expect("agent starts");
+    assert!(matches!(
+        next(&mut reports).await,
+        AgentReport::Started { .. }
+    ));
+    host.prompt(MessageId::new(), "hi".into());
+    assert!(matches!(
+        next(&mut reports).await,
+        AgentReport::TurnEnded {
+            stop: StopKind::EndTurn,
+            ..
+        }
+    ));
+    assert_eq!(recorder.messages().len(), 6);
+    host.stop().await;
+}

@@ -425,6 +425,38 @@ async fn agent_errors_refusals_and_cancels_are_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_hint_selects_the_command_and_a_broken_agent_fails_the_task() {
+    let (fake, url) = start_fake().await;
+    let run = start_node_with(fake, &url, |c| {
+        c.agent_commands_by_hint.insert(
+            "broken".into(),
+            "sh -c 'echo this-is-not-json; echo dying >&2; exit 7'".into(),
+        );
+    })
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let mut t = task_command(&bare, "Anything");
+    if let NodeCommand::CreateWorkspace { agent_hint, .. } = &mut t.command {
+        *agent_hint = Some("broken".into());
+    }
+    run.fake.push(t.command);
+    let done = run
+        .fake
+        .wait_event("failure", |e| is_terminal(e, t.workspace))
+        .await;
+    let WorkspaceEvent::Failed { error, .. } = done else {
+        panic!("{done:?}")
+    };
+    assert!(
+        error.contains("exit status: 7") && error.contains("dying"),
+        "{error}"
+    );
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chat_keeps_its_session_between_prompts_and_no_project_persists_nothing() {
     let run = start_node().await;
     let chat = WorkspaceId::new();

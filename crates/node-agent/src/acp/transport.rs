@@ -18,10 +18,18 @@ where
 {
     let incoming =
         futures::stream::unfold(BufReader::new(reader).lines(), |mut lines| async move {
-            match lines.next_line().await {
-                Ok(Some(line)) => Some((Ok(line), lines)),
-                Ok(None) => None,
-                Err(e) => Some((Err(e), lines)),
+            loop {
+                match lines.next_line().await {
+                    // Some agents print banners or logs on stdout: only JSON objects are messages.
+                    Ok(Some(line)) if !line.trim_start().starts_with('{') => {
+                        if !line.trim().is_empty() {
+                            tracing::debug!(%line, "non-JSON line from the peer skipped");
+                        }
+                    }
+                    Ok(Some(line)) => return Some((Ok(line), lines)),
+                    Ok(None) => return None,
+                    Err(e) => return Some((Err(e), lines)),
+                }
             }
         });
     let outgoing = futures::sink::unfold(writer, |mut writer, line: String| async move {

@@ -20,15 +20,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let routes: Arc<dyn kiln_node::routes::MessageRoutes> =
-        match kiln_node::outbox::OutboxRoutes::open_from_env(&config).await {
-            Ok(routes) => Arc::new(routes),
-            Err(e) => {
-                eprintln!("kiln-node: outbox: {e}");
-                return ExitCode::from(2);
-            }
-        };
-    let node = match kiln_node::Node::start(config, routes).await {
+    let routes = match kiln_node::outbox::OutboxRoutes::open_from_env(&config).await {
+        Ok(routes) => Arc::new(routes),
+        Err(e) => {
+            eprintln!("kiln-node: outbox: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let drain = config.destroy_drain;
+    let node = match kiln_node::Node::start(config, routes.clone()).await {
         Ok(node) => node,
         Err(e) => {
             eprintln!("kiln-node: {e}");
@@ -42,7 +42,9 @@ async fn main() -> ExitCode {
     });
     match node.run().await {
         Ok(exit) => {
-            tracing::info!(?exit, "kiln-node exiting");
+            // Give undelivered messages a last chance; whatever is left stays on disk.
+            let left = routes.drain(drain).await;
+            tracing::info!(?exit, undelivered = left, "kiln-node exiting");
             ExitCode::SUCCESS
         }
         Err(e) => {
