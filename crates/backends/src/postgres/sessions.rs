@@ -333,6 +333,15 @@ impl PostgresStore {
 
         let plan = plan_messages(messages, &heads, &existing);
         let rows = &plan.stored;
+        if rows.is_empty() {
+            // Nothing new (an outbox re-sending what was stored): nothing to write or announce.
+            tx.commit().await.map_err(map_err)?;
+            return Ok(Some(InsertOutcome {
+                persisted: 0,
+                duplicates: plan.duplicates,
+                stored: Vec::new(),
+            }));
+        }
         let payloads = plan
             .events
             .iter()
