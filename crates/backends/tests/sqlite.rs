@@ -43,6 +43,30 @@ async fn the_database_is_in_wal_mode_with_foreign_keys_on() {
         .await
         .unwrap();
     assert_eq!(fk, 1);
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        synchronous, 2,
+        "FULL: every commit reaches the disk by default"
+    );
+}
+
+#[tokio::test]
+async fn commits_may_skip_the_fsync_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::connect_with(SqliteConfig {
+        fsync_every_commit: false,
+        ..SqliteConfig::from_env(dir.path().join("kiln.db").to_str().unwrap())
+    })
+    .await
+    .unwrap();
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(synchronous, 1, "NORMAL");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -33,6 +33,10 @@ pub struct SqliteConfig {
     /// How long a writer waits for another writer's lock before failing with a retryable
     /// error (`KILN_SQLITE_BUSY_TIMEOUT_MS`, default 5000).
     pub busy_timeout: Duration,
+    /// Whether every commit waits for the disk (`synchronous = FULL`), so an acknowledged
+    /// message survives a power loss, not only a crash; `false` trades that for throughput
+    /// (`synchronous = NORMAL`). `KILN_SQLITE_FSYNC_EVERY_COMMIT`, default true.
+    pub fsync_every_commit: bool,
 }
 
 impl SqliteConfig {
@@ -45,6 +49,7 @@ impl SqliteConfig {
                 .unwrap_or(8)
                 .max(1),
             busy_timeout: Duration::from_millis(env_u64("KILN_SQLITE_BUSY_TIMEOUT_MS", 5000)),
+            fsync_every_commit: env_u64("KILN_SQLITE_FSYNC_EVERY_COMMIT", 1) != 0,
         }
     }
 
@@ -86,7 +91,11 @@ impl SqliteStore {
         }
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(if config.fsync_every_commit {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        })
         .foreign_keys(true)
         .busy_timeout(config.busy_timeout);
         let in_memory = config.is_in_memory();
