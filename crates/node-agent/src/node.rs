@@ -39,6 +39,9 @@ pub enum NodeExit {
     },
     /// [`Node::stop_handle`] was used.
     Requested,
+    /// The data directory was removed (the node was destroyed while its control plane was
+    /// unreachable, e.g. by the local provider or a test cleaning up): nothing left to serve.
+    DataDirRemoved,
 }
 
 /// The agent host of one node.
@@ -147,6 +150,9 @@ impl Node {
             if *stop_rx.borrow() {
                 break self.stop_reason();
             }
+            if !self.config.data_dir.exists() {
+                break NodeExit::DataDirRemoved;
+            }
             let hello = NodeHello {
                 node_id: self.config.node_id,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -172,6 +178,9 @@ impl Node {
                 }
             }
             loop {
+                if !self.config.data_dir.exists() {
+                    break 'outer NodeExit::DataDirRemoved;
+                }
                 let poll = self
                     .control
                     .commands(self.state.last_seq, self.config.poll_wait);

@@ -598,3 +598,20 @@ async fn a_shutdown_command_stops_the_node_and_is_acknowledged() {
         "the shutdown is remembered as executed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orphaned_node_whose_data_dir_is_removed_exits() {
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", probe.local_addr().unwrap());
+    drop(probe);
+    let (placeholder, _) = start_fake().await;
+    let run = start_node_with(placeholder, &url, |_| {}).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    std::fs::remove_dir_all(run.data.path()).unwrap();
+    let exit = tokio::time::timeout(Duration::from_secs(10), run.node)
+        .await
+        .expect("node exits")
+        .unwrap()
+        .unwrap();
+    assert_eq!(exit, NodeExit::DataDirRemoved);
+}
