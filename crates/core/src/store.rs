@@ -239,6 +239,16 @@ pub enum Change {
         /// The workspace.
         workspace_id: WorkspaceId,
     },
+    /// A command for a node's agent host, relayed to every replica so the one the node polls
+    /// delivers it. Never shown to viewers (it carries the workspace's callback token). A
+    /// prompt too large for the feed travels with empty text; receivers read it back from the
+    /// store (the task's description, or the stored user message with the prompt's id).
+    NodeCommand {
+        /// The node.
+        node_id: NodeId,
+        /// The command.
+        command: crate::protocol::NodeCommand,
+    },
 }
 
 /// Projects, chat sessions and their messages, and the change feed.

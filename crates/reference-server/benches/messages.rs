@@ -61,7 +61,9 @@ async fn run(label: &str, store: Arc<dyn Store>, pace: Duration) -> Figures {
         Arc::new(MemoryProvider::new()),
         b"bench-secret-key-bench-secret-key".to_vec(),
         &base,
-    );
+    )
+    .await
+    .unwrap();
     let state = parts.state.clone();
     tokio::spawn(async move {
         axum::serve(listener, kiln_server::app(parts.state))

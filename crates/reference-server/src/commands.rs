@@ -1,18 +1,30 @@
 //! Per-node command queues for the long-poll `GET /api/nodes/{id}/commands`.
 //!
 //! Commands wait in memory until the node acknowledges them (by polling with
-//! `after` ≥ their `seq`). A node talks to the replica that provisioned it, whose
-//! runner queues its commands; after a server restart the queue starts empty, and a node
-//! polling with an `after` beyond the new queue's numbers moves the numbering past it, so
-//! new commands are never mistaken for acknowledged ones.
+//! `after` ≥ their `seq`). A command may be issued on any replica (the runner of whichever
+//! replica handled the user's request) while the node polls another, so [`dispatch`] sends it
+//! through the store's change feed ([`Change::NodeCommand`]) and every replica's [`relay`]
+//! queues it; the replica the node polls delivers it (the node applies each command once per
+//! workspace, so a copy delivered after a switch of replica does no harm). After a server
+//! restart the queue starts empty, and a node polling with an `after` beyond the new queue's
+//! numbers moves the numbering past it, so new commands are never mistaken for acknowledged
+//! ones. Commands not yet delivered when a server stops are lost; the runner's transient-state
+//! limits then fail the task with a reason.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_core::NodeId;
+use futures::StreamExt;
 use kiln_core::protocol::{NodeCommand, SequencedCommand};
+use kiln_core::{Change, MessagePage, NodeId, NodeState, Store, StoreError, StoreEvent};
 use tokio::sync::watch;
+
+/// The most commands kept for one node; older undelivered ones are dropped (a replica keeps
+/// copies for nodes that poll another replica, so the bound keeps those copies small).
+const MAX_QUEUED: usize = 1000;
+/// Serialized commands above this size travel through the feed without their prompt text.
+const MAX_FEED_COMMAND_BYTES: usize = 6000;
 
 #[derive(Debug)]
 struct Queue {
@@ -60,6 +72,9 @@ impl CommandQueues {
         let seq = queue.next_seq;
         queue.next_seq += 1;
         queue.pending.push_back(SequencedCommand { seq, command });
+        while queue.pending.len() > MAX_QUEUED {
+            queue.pending.pop_front();
+        }
         queue.changed.send_modify(|v| *v += 1);
         seq
     }
@@ -112,6 +127,117 @@ impl CommandQueues {
             .get(&node)
             .map(|q| q.pending.iter().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+/// Sends `command` to `node` through every replica's [`relay`] (the change feed). When the
+/// feed cannot take it, it is queued on this replica only.
+pub async fn dispatch(
+    store: &Arc<dyn Store>,
+    queues: &CommandQueues,
+    node: NodeId,
+    command: NodeCommand,
+) -> Result<(), StoreError> {
+    let owner = store
+        .get_node(node)
+        .await?
+        .ok_or_else(|| StoreError::not_found("node", node))?
+        .owner;
+    let mut relayed = command.clone();
+    if serde_json::to_vec(&relayed).map_or(0, |v| v.len()) > MAX_FEED_COMMAND_BYTES {
+        match &mut relayed {
+            NodeCommand::CreateWorkspace {
+                prompt: Some(p), ..
+            }
+            | NodeCommand::Prompt { prompt: p, .. } => p.text.clear(),
+            _ => {}
+        }
+    }
+    let event = StoreEvent {
+        owner,
+        project_id: None,
+        change: Change::NodeCommand {
+            node_id: node,
+            command: relayed,
+        },
+    };
+    if let Err(err) = store.publish(&event).await {
+        tracing::warn!(%node, %err, "the change feed refused a node command; queueing it here only");
+        queues.push(node, command);
+    }
+    Ok(())
+}
+
+/// Reads back a prompt text left out of a relayed command.
+async fn refill(store: &Arc<dyn Store>, command: &mut NodeCommand) -> Result<(), StoreError> {
+    match command {
+        NodeCommand::CreateWorkspace {
+            task_id: Some(task),
+            prompt: Some(p),
+            ..
+        } if p.text.is_empty() => {
+            if let Some(t) = store.get_task(*task).await? {
+                p.text = t.description;
+            }
+        }
+        NodeCommand::Prompt {
+            workspace_id,
+            prompt: p,
+        } if p.text.is_empty() => {
+            let session = store
+                .get_workspace(*workspace_id)
+                .await?
+                .and_then(|w| w.session_id);
+            if let Some(session) = session {
+                let recent = store
+                    .list_messages(session, MessagePage::Latest { limit: 500 })
+                    .await?;
+                if let Some(m) = recent.iter().find(|m| m.message.id == p.message_id) {
+                    p.text.clone_from(&m.message.content);
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Subscribes to the change feed, then spawns the task that queues every command relayed
+/// through it on this replica and forgets the queues of nodes that are gone (until the feed
+/// ends). Subscribing before returning means no command dispatched afterwards is missed.
+pub async fn spawn_relay(
+    store: Arc<dyn Store>,
+    queues: Arc<CommandQueues>,
+) -> Result<tokio::task::JoinHandle<()>, StoreError> {
+    let feed = store.subscribe().await?;
+    Ok(tokio::spawn(relay(store, queues, feed)))
+}
+
+async fn relay(
+    store: Arc<dyn Store>,
+    queues: Arc<CommandQueues>,
+    mut feed: futures::stream::BoxStream<'static, StoreEvent>,
+) {
+    while let Some(event) = feed.next().await {
+        match event.change {
+            Change::NodeCommand {
+                node_id,
+                mut command,
+            } => {
+                if let Err(err) = refill(&store, &mut command).await {
+                    tracing::warn!(node = %node_id, %err, "could not read back a relayed prompt");
+                }
+                queues.push(node_id, command);
+            }
+            Change::Node { node_id } => {
+                if let Ok(Some(node)) = store.get_node(node_id).await
+                    && matches!(node.state, NodeState::Destroyed | NodeState::Failed)
+                {
+                    queues.remove(node_id);
+                }
+            }
+            _ => {}
+        }
     }
 }
 

@@ -128,7 +128,12 @@ async fn operator_state(args: ServeArgs) -> Result<kiln_server::AppState, String
         .map_err(|e| e.to_string())?;
     let key = server::load_secret_key(&config).map_err(|e| e.to_string())?;
     let provider = server::provider(&config).map_err(|e| e.to_string())?;
-    Ok(server::assemble(&config, store, provider, key, &config.public_url).state)
+    Ok(
+        server::assemble(&config, store, provider, key, &config.public_url)
+            .await
+            .map_err(|e| e.to_string())?
+            .state,
+    )
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, String> {

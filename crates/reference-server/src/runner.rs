@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use kiln_core::protocol::{NodeCommand, WorkspaceEvent};
-use kiln_core::{LifecycleClock, Node, NodeBootstrap, NodeId, Task, TaskId, WorkspaceId};
+use kiln_core::{LifecycleClock, Node, NodeBootstrap, NodeId, Store, Task, TaskId, WorkspaceId};
 use kiln_pool::{
     ControllerError, DestroyProgress, NodeBootstrapper, TaskRunner, WorkspaceController,
     WorkspaceRequest,
@@ -101,9 +101,11 @@ impl TaskDriver for PoolDriver {
     }
 }
 
-/// Starts, stops and removes workspaces by queueing [`NodeCommand`]s for the node's long poll.
+/// Starts, stops and removes workspaces by sending [`NodeCommand`]s to the node's long poll
+/// (through [`crate::commands::dispatch`], so any replica can issue them).
 #[derive(Debug, Clone)]
 pub struct NodeController {
+    store: Arc<dyn Store>,
     commands: Arc<CommandQueues>,
     signer: TokenSigner,
     clock: Arc<dyn LifecycleClock>,
@@ -111,15 +113,18 @@ pub struct NodeController {
 }
 
 impl NodeController {
-    /// A controller queueing on `commands`, signing workspace tokens valid for `token_ttl`.
+    /// A controller sending through `store`'s feed to `commands`, signing workspace tokens
+    /// valid for `token_ttl`.
     #[must_use]
     pub fn new(
+        store: Arc<dyn Store>,
         commands: Arc<CommandQueues>,
         signer: TokenSigner,
         clock: Arc<dyn LifecycleClock>,
         token_ttl: std::time::Duration,
     ) -> Self {
         Self {
+            store,
             commands,
             signer,
             clock,
@@ -132,6 +137,22 @@ impl NodeController {
             .pending(node)
             .iter()
             .any(|c| matches(&c.command))
+    }
+
+    async fn send(&self, node: NodeId, command: NodeCommand) -> Result<(), ControllerError> {
+        crate::commands::dispatch(&self.store, &self.commands, node, command)
+            .await
+            .map_err(|e| {
+                if e.is_retryable() {
+                    ControllerError::Unreachable {
+                        message: e.to_string(),
+                    }
+                } else {
+                    ControllerError::Rejected {
+                        message: e.to_string(),
+                    }
+                }
+            })
     }
 }
 
@@ -151,7 +172,7 @@ impl WorkspaceController for NodeController {
             now,
             kiln_core::clock::add_duration(now, self.token_ttl),
         );
-        self.commands.push(
+        self.send(
             request.node_id,
             NodeCommand::CreateWorkspace {
                 workspace_id: id,
@@ -164,8 +185,8 @@ impl WorkspaceController for NodeController {
                 callback_token: token,
                 agent_hint: request.agent_hint.clone(),
             },
-        );
-        Ok(())
+        )
+        .await
     }
 
     async fn stop_agent(
@@ -177,12 +198,13 @@ impl WorkspaceController for NodeController {
             node,
             |c| matches!(c, NodeCommand::Cancel { workspace_id } if *workspace_id == workspace),
         ) {
-            self.commands.push(
+            self.send(
                 node,
                 NodeCommand::Cancel {
                     workspace_id: workspace,
                 },
-            );
+            )
+            .await?;
         }
         Ok(())
     }
@@ -195,12 +217,13 @@ impl WorkspaceController for NodeController {
         if !self.already_queued(node, |c| {
             matches!(c, NodeCommand::DestroyWorkspace { workspace_id } if *workspace_id == workspace)
         }) {
-            self.commands.push(
+            self.send(
                 node,
                 NodeCommand::DestroyWorkspace {
                     workspace_id: workspace,
                 },
-            );
+            )
+            .await?;
         }
         Ok(DestroyProgress::Requested)
     }

@@ -139,18 +139,19 @@ pub struct Parts {
     pub pool: Arc<WarmPool>,
 }
 
-/// Builds the state, pool and runner over `store` and `provider`. `public_url` is what nodes
-/// are told to call.
-pub fn assemble(
+/// Builds the state, pool and runner over `store` and `provider`, and starts relaying node
+/// commands from the change feed. `public_url` is what nodes are told to call.
+pub async fn assemble(
     config: &Config,
     store: Arc<dyn Store>,
     provider: Arc<dyn NodeProvider>,
     secret_key: Vec<u8>,
     public_url: &str,
-) -> Parts {
+) -> Result<Parts, StartError> {
     let clock: Arc<dyn LifecycleClock> = Arc::new(SystemClock);
     let signer = TokenSigner::new(secret_key);
     let commands = Arc::new(CommandQueues::new());
+    crate::commands::spawn_relay(store.clone(), commands.clone()).await?;
     let mut env = BTreeMap::new();
     if let Some(agent) = &config.agent_command {
         env.insert("KILN_AGENT_COMMAND".to_owned(), agent.clone());
@@ -167,6 +168,7 @@ pub fn assemble(
             .with_bootstrap(Arc::new(bootstrap)),
     );
     let controller = NodeController::new(
+        store.clone(),
         commands.clone(),
         signer.clone(),
         clock.clone(),
@@ -187,11 +189,11 @@ pub fn assemble(
             secure_cookies: public_url.starts_with("https://"),
         }),
     };
-    Parts {
+    Ok(Parts {
         state,
         runner,
         pool,
-    }
+    })
 }
 
 /// Makes sure the first user exists and returns a one-time login link for it (valid one hour).
@@ -229,7 +231,7 @@ pub async fn serve(
     } else {
         config.public_url.clone()
     };
-    let parts = assemble(&config, store, provider, key, &public_url);
+    let parts = assemble(&config, store, provider, key, &public_url).await?;
     tracing::info!(listen = %bound, %public_url, database = %redact(&config.database_url), "kiln is serving");
     println!("Kiln is listening on {public_url}");
     if config.login_link {

@@ -249,6 +249,8 @@ impl Viewer {
                     frames.push(frame("workspace.updated", &w));
                 }
             }
+            // Carries a callback token: for the replicas, never for viewers.
+            Change::NodeCommand { .. } => {}
         }
         Ok(frames)
     }

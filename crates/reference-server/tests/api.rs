@@ -345,7 +345,10 @@ async fn a_follow_up_prompt_reaches_the_node_of_an_active_session() {
     let r = prompt("Also add a test").await.unwrap();
     assert_eq!(r.status(), 202);
     let msg: Value = r.json().await.unwrap();
-    let pending = s.state.commands.pending(node.id);
+    let pending = common::wait_for(|| async {
+        Some(s.state.commands.pending(node.id)).filter(|p| !p.is_empty())
+    })
+    .await;
     assert_eq!(pending.len(), 1);
     match &pending[0].command {
         kiln_core::protocol::NodeCommand::Prompt {

@@ -425,3 +425,28 @@ async fn viewers_get_messages_tasks_and_live_deltas_of_their_project_only() {
     }
     viewer.close(None).await.ok();
 }
+
+#[tokio::test]
+async fn a_prompt_too_large_for_the_feed_reaches_the_node_whole() {
+    let s = TestServer::start().await;
+    let (user, api) = s.user("ann").await;
+    let p = s.project(&api).await;
+    let description = format!("Refactor everything\n{}", "detail ".repeat(3000));
+    let r = s
+        .http
+        .post(s.url(&format!("/api/projects/{}/tasks", p.id)))
+        .bearer_auth(&api)
+        .json(&json!({"description": description, "runNow": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let (node, token) = s.boot_node(user.id).await;
+    let batch = s.poll(node, &token, 0).await;
+    match &batch.commands[0].command {
+        NodeCommand::CreateWorkspace { prompt, .. } => {
+            assert_eq!(prompt.as_ref().unwrap().text, description);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -40,6 +40,8 @@ async fn serves_on_sqlite_by_default_and_shuts_down_gracefully() {
             key,
             &config.public_url,
         )
+        .await
+        .unwrap()
         .state;
         let user = kiln_server::auth::ensure_user(&state, "ann").await.unwrap();
         kiln_server::auth::issue_token(&state, user.id, "cli", None)

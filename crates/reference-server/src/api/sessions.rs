@@ -180,7 +180,9 @@ pub(crate) async fn prompt(
         .store
         .insert_messages(std::slice::from_ref(&message), now)
         .await?;
-    state.commands.push(
+    crate::commands::dispatch(
+        &state.store,
+        &state.commands,
         workspace.node_id,
         NodeCommand::Prompt {
             workspace_id: workspace.id,
@@ -189,6 +191,7 @@ pub(crate) async fn prompt(
                 text: body.text,
             },
         },
-    );
+    )
+    .await?;
     Ok((StatusCode::ACCEPTED, Json(message)))
 }

@@ -49,7 +49,16 @@ impl TestServer {
             token_ttl: ttl,
             env: Default::default(),
         }));
-        let controller = NodeController::new(commands.clone(), signer.clone(), clock.clone(), ttl);
+        kiln_server::commands::spawn_relay(store.clone(), commands.clone())
+            .await
+            .unwrap();
+        let controller = NodeController::new(
+            store.clone(),
+            commands.clone(),
+            signer.clone(),
+            clock.clone(),
+            ttl,
+        );
         let runner = kiln_pool::TaskRunner::new(Arc::new(pool), Arc::new(controller));
         let state = AppState {
             store: store.clone(),
