@@ -51,6 +51,14 @@ test('Run Now: messages stream in live and the task completes', async (t) => {
   await page.emulateMedia({ colorScheme: 'dark' });
   await screenshot(page, 'chat-dark');
   await page.emulateMedia({ colorScheme: 'light' });
+  // The same session on a phone.
+  const phone = await contextAs(user, { viewport: { width: 390, height: 844 } });
+  await openProject(phone.page, project.id);
+  await phone.page.waitForSelector('.msg.assistant:not(.streaming)');
+  await screenshot(phone.page, 'chat-phone-light');
+  await phone.page.emulateMedia({ colorScheme: 'dark' });
+  await screenshot(phone.page, 'chat-phone-dark');
+  await phone.context.close();
 });
 
 test('streamed text grows in one bubble that the stored message replaces', async (t) => {
@@ -94,6 +102,29 @@ test('a failing task lands in failed, in the chat view and on the board', async 
   await page.keyboard.press('Escape');
   await page.keyboard.press('b');
   await page.waitForSelector(`[data-column="failed"] .card[data-task-id="${task.id}"]`, { timeout: 5000 });
+});
+
+test('Open workspace: a live view and a follow-up prompt while the agent works; Cancel stops it', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id);
+  const task = await runNow(page, api, project.id, 'Wait for more instructions\nkiln-demo: hang');
+  await until('the task to be in progress', async () => (await headerStatus(page)) === 'in_progress', { timeout: 60000 });
+  const open = page.locator('[data-action="open-workspace"]');
+  await open.waitFor({ timeout: 15000 });
+  await open.click();
+  const panel = page.locator('.workspace-panel');
+  await panel.waitFor();
+  await panel.locator('.badge.ws-running').waitFor();
+  await panel.locator('textarea').fill('Also add a section to the README');
+  await panel.locator('button[type="submit"]').click();
+  // Stored at once and shown live, in the conversation and in the panel's tail.
+  await page.locator('.message-list .msg.user', { hasText: 'Also add a section to the README' }).waitFor({ timeout: 10000 });
+  await panel.locator('.tail li', { hasText: 'Also add a section to the README' }).waitFor({ timeout: 5000 });
+  assert.ok((await api.messages(task.sessionId)).messages.some((m) => m.role === 'user' && m.content === 'Also add a section to the README'));
+  await screenshot(page, 'workspace-panel-light');
+  await page.click('.session-actions [data-action="cancel"]');
+  await until('the task to be cancelled', async () => (await headerStatus(page)) === 'cancelled', { timeout: 30000 });
+  assert.equal((await api.task(task.id)).status, 'cancelled');
 });
 
 test('the nodes panel shows the warm node and its countdown, live', async (t) => {

@@ -123,7 +123,7 @@ export const card = (page, taskId) => page.locator(`.card[data-task-id="${taskId
 /** Opens a project's page and waits for it to be live. */
 export async function openProject(page, projectId, view = '') {
   await page.goto(`/#/p/${projectId}${view ? `/${view}` : ''}`);
-  await page.waitForSelector('.live-status[data-state="live"]', { timeout: 15000 });
+  await page.waitForSelector('.live-status[data-state="live"]', { state: 'attached', timeout: 15000 });
 }
 
 /** Types a task into the submit bar and runs it now (Ctrl+Enter); returns the new task. */

@@ -60,7 +60,9 @@ export class BoardView {
         render: (t) => this.card(t),
       });
     }
-    this.state.loadWorkspaces();
+    this.state.loadWorkspaces().then(() => {
+      for (const t of this.state.tasks.values()) if (t.workspaceId) this.state.loadWorkspace(t.workspaceId);
+    });
   }
 
   card(task) {

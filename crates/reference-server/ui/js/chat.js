@@ -129,6 +129,7 @@ export class ChatView {
     const task = this.state.taskOfSession(session);
     const wsId = task?.workspaceId || session.workspaceId;
     const ws = wsId ? this.state.workspaces.get(wsId) : undefined;
+    if (wsId && !ws) this.state.loadWorkspace(wsId);
     const branch = task?.outputBranch || ws?.branch;
     const error = h('div', { class: 'form-error', role: 'alert', hidden: true });
     const act = (label, fn, cls = 'btn small') => h('button', {

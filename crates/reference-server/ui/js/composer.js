@@ -8,7 +8,7 @@ import { h, icon } from './dom.js';
 export function createComposer({ state, onCreated }) {
   const text = h('textarea', {
     class: 'composer-text', rows: 1, name: 'description',
-    placeholder: 'Describe a task for an agent…  (Ctrl+Enter runs it now)',
+    placeholder: 'Describe a task for an agent…',
     'aria-label': 'Task description',
   });
   const error = h('div', { class: 'form-error', role: 'alert', hidden: true });
@@ -24,7 +24,7 @@ export function createComposer({ state, onCreated }) {
       h('label', {}, h('span', { text: 'VM size' }), vmSize),
       h('label', {}, h('span', { text: 'Agent hint' }), agentHint)));
 
-  const runNow = h('button', { type: 'button', class: 'btn primary split-main', dataset: { action: 'run-now' } },
+  const runNow = h('button', { type: 'button', class: 'btn primary split-main', title: 'Run Now (Ctrl+Enter)', dataset: { action: 'run-now' } },
     icon('play'), h('span', { text: 'Run Now' }));
   const toggle = h('button', {
     type: 'button', class: 'btn primary split-toggle', 'aria-label': 'More submit options',
@@ -38,7 +38,8 @@ export function createComposer({ state, onCreated }) {
   const root = h('form', { class: 'composer', on: { submit: (e) => { e.preventDefault(); submit(true); } } },
     error,
     h('div', { class: 'composer-row' }, text, split),
-    advanced);
+    h('div', { class: 'composer-foot' }, advanced,
+      h('span', { class: 'composer-hint' }, h('kbd', { text: 'Ctrl' }), '+', h('kbd', { text: 'Enter' }), ' runs now · ', h('kbd', { text: '?' }), ' keys')));
 
   function setMenu(open) {
     menu.hidden = !open;

@@ -110,5 +110,10 @@ function firstLine(text) {
 /** A one-line summary of a message for compact feeds (the workspace panel). */
 export function oneLine(m) {
   if (m.role === 'tool') return `${m.tool?.tool || 'tool'} ${m.tool?.target || ''} · ${m.tool?.status || ''}`.trim();
+  if (m.tool?.tool === 'plan') {
+    const doing = m.content.split('\n').find((l) => l.includes('[~]'));
+    return `Plan: ${doing ? doing.replace(/^.*\[~\]\s*/, '') : `${m.content.split('\n').length - 1} steps`}`;
+  }
+  if (m.tool?.tool === 'thought') return `Thought: ${firstLine(m.content)}`;
   return `${ROLE_LABEL[m.role] || m.role}: ${firstLine(m.content)}`;
 }

@@ -24,6 +24,7 @@ export class ProjectState {
     /** sessionId → the newest message time seen (a session's own updatedAt may lag). */
     this.activity = new Map();
     this.fetchingSessions = new Set();
+    this.fetchingWorkspaces = new Set();
     this.listeners = new Map();
   }
 
@@ -174,15 +175,21 @@ export class ProjectState {
   }
 
   /** Every workspace of the user, once (the board's workspace indicators). */
-  async loadWorkspaces() {
-    if (this.workspacesLoaded) return;
-    this.workspacesLoaded = true;
-    try { (await api.workspaces()).forEach((w) => this.upsertWorkspace(w)); } catch { this.workspacesLoaded = false; }
+  loadWorkspaces() {
+    if (!this.workspacesLoading) {
+      this.workspacesLoading = api.workspaces()
+        .then((list) => list.forEach((w) => this.upsertWorkspace(w)))
+        .catch(() => { this.workspacesLoading = null; });
+    }
+    return this.workspacesLoading;
   }
 
   async loadWorkspace(id) {
-    if (!id || this.workspaces.has(id)) return;
-    try { this.upsertWorkspace(await api.workspace(id)); } catch { /* shown as unknown */ }
+    if (!id || this.workspaces.has(id) || this.fetchingWorkspaces.has(id)) return;
+    this.fetchingWorkspaces.add(id);
+    try { this.upsertWorkspace(await api.workspace(id)); } catch { /* shown as unknown */ } finally {
+      this.fetchingWorkspaces.delete(id);
+    }
   }
 
   // ---- queries -------------------------------------------------------------------------
