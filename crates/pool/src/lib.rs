@@ -87,7 +87,7 @@
 //! | `NODE_CLEANUP_GRACE_PERIOD_MS` | 2700000 (45 min) | how far past its deadline a warm node must be for the sweep to destroy it |
 //! | `MAX_AUTO_NODE_LIFETIME_MS` | 14400000 (4 h) | the sweep destroys older auto-provisioned nodes that run no workspace; warm deadlines never pass it |
 //! | `NODE_SWEEP_INTERVAL_MS` | 900000 (15 min) | how often the sweep runs (and once when the loop starts) |
-//! | `NODE_DESTROY_RETRY_INTERVAL_MS` | 60000 (1 min) | wait before the first retry of a failed provider delete; doubles per retry |
+//! | `NODE_DESTROY_RETRY_INTERVAL_MS` | 60000 (1 min) | wait before the first retry of a failed provider delete, doubling per retry; also paces retries of a retryable create and pre-warming after a refusal |
 //! | `NODE_DESTROY_MAX_ATTEMPTS` | 6 | provider delete attempts before a node is left to the sweep |
 //! | `NODE_PROVISIONING_TIMEOUT_MS` | 600000 (10 min) | how long an acquire waits for a new node to report ready (the node is then failed and destroyed) |
 //! | `NODE_READY_POLL_INTERVAL_MS` | 5000 | while waiting for a node, re-read it at least this often |
@@ -113,6 +113,12 @@
 //!   asking the provider, so a server without a row is always an orphan. It then waits for
 //!   the row to turn active, woken by the store's change feed (so a hello handled by another
 //!   replica counts) and re-reading at least every `NODE_READY_POLL_INTERVAL_MS`.
+//! - **Provider errors are classified once** ([`kiln_core::ProviderError::is_retryable`]): a
+//!   retryable create for a task (rate limit, outage) is retried on the backoff schedule while
+//!   the provisioning timeout allows (create is idempotent per node id); a permanent one
+//!   (quota, credentials, invalid request) fails the task at once with the provider's
+//!   message. Pre-warming does not wait: after a refusal it pauses that target for one retry
+//!   interval.
 //! - **Deadlines live in the store.** Warm deadlines are rows; a new pool over the same store
 //!   expires what is due. Only the retry schedule of failed provider deletes is in memory: a
 //!   restarted pool leaves those nodes in `destroying`, and the sweep deletes them.

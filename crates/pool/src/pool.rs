@@ -111,7 +111,11 @@ pub struct WarmPool {
     feed: tokio::sync::OnceCell<()>,
     retries: Mutex<BTreeMap<NodeId, DestroyRetry>>,
     pub(crate) first_seen: Mutex<HashMap<String, Timestamp>>,
+    pub(crate) prewarm_backoff: Mutex<HashMap<PrewarmKey, Timestamp>>,
 }
+
+/// A pre-warm target's identity: owner, size, location.
+pub(crate) type PrewarmKey = (UserId, VmSize, Option<String>);
 
 impl fmt::Debug for WarmPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -157,6 +161,7 @@ impl WarmPool {
             feed: tokio::sync::OnceCell::new(),
             retries: Mutex::default(),
             first_seen: Mutex::default(),
+            prewarm_backoff: Mutex::default(),
         }
     }
 
@@ -372,7 +377,7 @@ impl WarmPool {
             location: node.location.clone(),
             bootstrap: self.bootstrap.bootstrap(&node),
         };
-        match self.provider.create(&spec).await {
+        match self.create_at_provider(&spec, task.is_some()).await {
             Ok(server) => {
                 let now = self.clock.now();
                 self.store
@@ -399,6 +404,41 @@ impl WarmPool {
                     source,
                 })
             }
+        }
+    }
+
+    /// Asks the provider for the server. For a task (`patient`), a retryable refusal (rate
+    /// limit, outage) is retried with the destroy-retry backoff (or the provider's
+    /// `retry_after`) while the provisioning timeout allows; create is idempotent per node id.
+    async fn create_at_provider(
+        &self,
+        spec: &NodeSpec,
+        patient: bool,
+    ) -> Result<kiln_core::ProvisionedNode, kiln_core::ProviderError> {
+        let settings = self.settings();
+        let deadline = add_duration(self.clock.now(), settings.provisioning_timeout);
+        let mut attempt: u32 = 1;
+        loop {
+            let error = match self.provider.create(spec).await {
+                Ok(server) => return Ok(server),
+                Err(error) if patient && error.is_retryable() => error,
+                Err(error) => return Err(error),
+            };
+            let wait = match &error {
+                kiln_core::ProviderError::RateLimited {
+                    retry_after: Some(after),
+                } => *after,
+                _ => settings
+                    .destroy_retry_interval
+                    .saturating_mul(1 << (attempt - 1).min(16)),
+            };
+            let at = add_duration(self.clock.now(), wait);
+            if at >= deadline {
+                return Err(error);
+            }
+            tracing::warn!(node = %spec.node_id, attempt, %error, retry_at = %at, "provider create failed; will retry");
+            self.clock.sleep_until(at).await;
+            attempt += 1;
         }
     }
 
@@ -691,6 +731,17 @@ impl WarmPool {
             .min()
         {
             wake = wake.min(retry);
+        }
+        let now = self.clock.now();
+        if let Some(backoff) = self
+            .prewarm_backoff
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .filter(|until| **until > now)
+            .min()
+        {
+            wake = wake.min(*backoff);
         }
         match self
             .store

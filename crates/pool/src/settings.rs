@@ -36,7 +36,9 @@ pub struct Settings {
     /// (it also runs when the pool's loop starts).
     pub sweep_interval: Duration,
     /// `NODE_DESTROY_RETRY_INTERVAL_MS` (default 1 min): the wait before the first retry of a
-    /// failed provider delete; each further retry waits twice as long.
+    /// failed provider delete; each further retry waits twice as long. The same schedule
+    /// paces retries of a retryable provider create for a task, and pre-warming after the
+    /// provider refused a node.
     pub destroy_retry_interval: Duration,
     /// `NODE_DESTROY_MAX_ATTEMPTS` (default 6): provider delete attempts before the node is
     /// left (in `destroying`) to the sweep.

@@ -462,7 +462,14 @@ impl WarmPool {
             *min = (*min).max(t.min_idle);
         }
         for ((owner, size, location), min) in wanted {
-            if min == 0 {
+            let key = (owner, size, location.clone());
+            let backing_off = self
+                .prewarm_backoff
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&key)
+                .is_some_and(|until| *until > now);
+            if min == 0 || backing_off {
                 continue;
             }
             let nodes = self
@@ -490,15 +497,27 @@ impl WarmPool {
             for _ in ready_or_coming..min as usize {
                 let result = match self.provision(owner, size, location, None).await {
                     Ok(node) => NodeAction::new(Phase::Prewarm, &node, ActionResult::Provisioned),
-                    Err(e) => NodeAction {
-                        phase: Phase::Prewarm,
-                        node_id: None,
-                        provider_id: None,
-                        result: ActionResult::Failed(e.to_string()),
-                    },
+                    Err(e) => {
+                        // Do not hammer a refusing provider: try this target again later.
+                        let until = add_duration(now, settings.destroy_retry_interval);
+                        self.prewarm_backoff
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .insert(key.clone(), until);
+                        NodeAction {
+                            phase: Phase::Prewarm,
+                            node_id: None,
+                            provider_id: None,
+                            result: ActionResult::Failed(e.to_string()),
+                        }
+                    }
                 };
+                let failed = matches!(result.result, ActionResult::Failed(_));
                 tracing::info!(%owner, %size, result = ?result.result, "pre-warming a node");
                 actions.push(result);
+                if failed {
+                    break;
+                }
             }
         }
         Ok(actions)

@@ -570,3 +570,64 @@ async fn the_background_loop_expires_nodes_as_the_clock_passes_their_deadline() 
     stop.send(()).unwrap();
     running.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_retryable_create_error_is_retried_within_the_provisioning_timeout() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    h.provider.fail_next(
+        Operation::Create,
+        ProviderError::RateLimited {
+            retry_after: Some(Duration::from_secs(30)),
+        },
+    );
+    h.provider.fail_next(Operation::Create, unavailable());
+    let pool = h.pool.clone();
+    let owner = h.owner;
+    let acquire = tokio::spawn(async move {
+        pool.acquire(owner, VmSize::Small, None, TaskId::new())
+            .await
+    });
+    settle().await;
+    h.clock.advance(Duration::from_secs(30));
+    settle().await;
+    assert_eq!(h.provider.calls(Operation::Create), 2);
+    // The second retry waits twice the retry interval.
+    h.clock.advance(MINUTE);
+    settle().await;
+    assert!(!acquire.is_finished(), "retried too early");
+    h.clock.advance(MINUTE);
+    let got = tokio::time::timeout(Duration::from_secs(5), acquire)
+        .await
+        .expect("the acquire finished")
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.source, AcquireSource::Provisioned);
+    assert_eq!(h.provider.calls(Operation::Create), 3);
+    assert_eq!(h.provider.servers().len(), 1);
+}
+
+#[tokio::test]
+async fn prewarming_pauses_after_a_provider_refusal() {
+    let h = Harness::new().await;
+    let target = kiln_pool::PrewarmTarget {
+        owner: h.owner,
+        size: VmSize::Small,
+        location: None,
+        min_idle: 2,
+    };
+    h.pool.update_settings(|s| s.prewarm = vec![target]);
+    h.provider.fail_next(Operation::Create, unavailable());
+    let first = h.pool.maintain_prewarm().await.unwrap();
+    assert_eq!(first.len(), 1, "stops at the first refusal: {first:?}");
+    assert!(matches!(first[0].result, ActionResult::Failed(_)));
+    assert!(
+        h.pool.maintain_prewarm().await.unwrap().is_empty(),
+        "paused"
+    );
+    assert_eq!(h.provider.calls(Operation::Create), 1);
+    h.clock.advance(MINUTE);
+    let again = h.pool.maintain_prewarm().await.unwrap();
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|a| a.result == ActionResult::Provisioned));
+}
