@@ -92,6 +92,7 @@
 //! | `NODE_PROVISIONING_TIMEOUT_MS` | 600000 (10 min) | how long an acquire waits for a new node to report ready (the node is then failed and destroyed) |
 //! | `NODE_READY_POLL_INTERVAL_MS` | 5000 | while waiting for a node, re-read it at least this often |
 //! | `NODE_BOOT_GRACE_PERIOD_MS` | 600000 (10 min) | orphans and idle nodes younger than this are left alone by the sweep |
+//! | `NODE_HEARTBEAT_TIMEOUT_MS` | 180000 (3 min) | a node silent this long after its last heartbeat is lost: its task fails, the node is destroyed (runner tick) |
 //! | `NODE_LOCATION` | (none) | the provider location new nodes are created in |
 //! | `NODE_PREWARM` | (none) | pre-warm minimums: `<owner uuid>:<size>=<count>[@<location>]`, comma separated |
 //! | `TASK_QUEUED_TIMEOUT_MS` | 900000 (15 min) | a task waiting this long for a node fails |
@@ -133,7 +134,8 @@
 //!   older than the boot grace; a server without a creation time is timed from when the pool
 //!   first saw it), and active nodes no running task or workspace holds (released warm).
 //!   It never touches a task: the runner's tick fails tasks held too long in `queued` or
-//!   `delegated` with a reason.
+//!   `delegated` with a reason, and reaps lost nodes (heartbeats stopped): the task on such a
+//!   node fails with that reason (session and workspace follow), then the node is destroyed.
 //! - **Events.** Every task, session, workspace and node change is published with
 //!   [`kiln_core::SessionStore::publish`], so every replica's viewers hear of it.
 //! - **Sessions.** A task has one chat session for all its attempts (its prompt's message id

@@ -4,17 +4,19 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use kiln_core::node::{self, DestroyReason, NodeEffect, NodeEvent};
 use kiln_core::protocol::Prompt;
 use kiln_core::task::{TaskEffect, TaskEvent, TransitionError};
 use kiln_core::{
-    Change, ChatMessage, ChatSession, MessageId, NodeId, ProjectId, Role, SessionId, SessionPatch,
-    SessionStatus, Store, StoreError, StoreEvent, Task, TaskId, TaskStatus, UserId, VmSize,
-    Workspace, WorkspaceId, WorkspaceStatus,
+    Change, ChatMessage, ChatSession, DestroyGuard, MessageId, NodeId, NodeQuery, NodeState,
+    ProjectId, Role, SessionId, SessionPatch, SessionStatus, Store, StoreError, StoreEvent, Task,
+    TaskId, TaskStatus, UserId, VmSize, Workspace, WorkspaceId, WorkspaceStatus,
 };
 
 use crate::controller::{DestroyProgress, WorkspaceController, WorkspaceRequest};
 use crate::error::Error;
 use crate::pool::{ReleaseOutcome, WarmPool, live_workspace_statuses};
+use crate::sweep::Phase;
 
 /// A task to create and run at once (Run Now).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -689,15 +691,80 @@ impl TaskRunner {
         Ok(())
     }
 
+    /// Declares lost every active or warm node whose agent host sent heartbeats and then
+    /// fell silent for [`heartbeat_timeout`](crate::Settings::heartbeat_timeout): the task
+    /// running on it fails with that reason (its session and workspace follow), then the node
+    /// is destroyed. Returns the failed tasks.
+    pub async fn reap_lost_nodes(&self) -> Result<Vec<Task>, Error> {
+        let pool = &self.inner.pool;
+        let timeout = pool.settings().heartbeat_timeout;
+        let now = self.now();
+        let silent_since =
+            now - chrono::Duration::from_std(timeout).unwrap_or(chrono::Duration::MAX);
+        let lost = self
+            .store()
+            .list_nodes(&NodeQuery {
+                states: vec![NodeState::Active, NodeState::Warm],
+                heartbeat_at_or_before: Some(silent_since),
+                ..NodeQuery::default()
+            })
+            .await?;
+        let mut failed = Vec::new();
+        for node in lost.into_iter().filter(|n| n.last_heartbeat_at.is_some()) {
+            let Ok((_, effects)) = node::transition(
+                crate::pool::lifecycle(&node),
+                &NodeEvent::Destroy(DestroyReason::Lost),
+                now,
+            ) else {
+                continue;
+            };
+            tracing::warn!(node = %node.id, last_heartbeat = ?node.last_heartbeat_at, "node lost");
+            for effect in effects {
+                match effect {
+                    NodeEffect::FailClaimingTask { task, .. } => {
+                        let holds = self
+                            .store()
+                            .get_task(task)
+                            .await?
+                            .is_some_and(|t| t.node_id == Some(node.id));
+                        let reason = format!(
+                            "node {} stopped responding (no heartbeat for {} s)",
+                            node.id,
+                            timeout.as_secs()
+                        );
+                        if holds && self.finish(task, &TaskEvent::Failed { reason }).await? {
+                            failed.push(self.task(task).await?);
+                        }
+                    }
+                    NodeEffect::DestroyAtProvider => {
+                        let result = pool
+                            .destroy_node(node.id, DestroyGuard::Any, Phase::Lost)
+                            .await?;
+                        tracing::info!(node = %node.id, ?result, "lost node destroyed");
+                    }
+                    NodeEffect::ScheduleExpiry { .. } => {}
+                }
+            }
+        }
+        Ok(failed)
+    }
+
     /// Fails every task held in `queued` or `delegated` beyond its
-    /// [limit](crate::Settings::task_limits), with a clear reason; returns them.
+    /// [limit](crate::Settings::task_limits), with a clear reason, and every task on a lost
+    /// node ([`reap_lost_nodes`](Self::reap_lost_nodes)); returns them.
     pub async fn tick(&self) -> Result<Vec<Task>, Error> {
+        let mut failed = match self.reap_lost_nodes().await {
+            Ok(failed) => failed,
+            Err(e) => {
+                tracing::warn!(error = %e, "lost-node check failed");
+                Vec::new()
+            }
+        };
         let limits = self.inner.pool.settings().task_limits;
         let candidates = self
             .store()
             .list_tasks_by_status(&[TaskStatus::Queued, TaskStatus::Delegated])
             .await?;
-        let mut failed = Vec::new();
         for task in candidates {
             match self.finish(task.id, &TaskEvent::Tick(limits)).await {
                 Ok(true) => {

@@ -54,6 +54,10 @@ pub struct Settings {
     /// idle nodes younger than this are left alone by the sweep (they may be booting, or
     /// their store row may be about to appear).
     pub boot_grace: Duration,
+    /// `NODE_HEARTBEAT_TIMEOUT_MS` (default 3 min): a node whose agent host has sent
+    /// heartbeats and then stays silent this long is lost: the task on it fails with that
+    /// reason and the node is destroyed (nodes that never sent a heartbeat are not judged).
+    pub heartbeat_timeout: Duration,
     /// `NODE_LOCATION` (default none: the provider's default): where new nodes are created.
     pub location: Option<String>,
     /// `NODE_PREWARM` (default empty): minimums of idle warm nodes, as a comma-separated list
@@ -79,6 +83,7 @@ impl Default for Settings {
             provisioning_timeout: minutes(10),
             ready_poll_interval: Duration::from_secs(5),
             boot_grace: minutes(10),
+            heartbeat_timeout: minutes(3),
             location: None,
             prewarm: Vec::new(),
             task_limits: TransientLimits::default(),
@@ -134,6 +139,7 @@ impl Settings {
         millis("NODE_PROVISIONING_TIMEOUT_MS", &mut s.provisioning_timeout)?;
         millis("NODE_READY_POLL_INTERVAL_MS", &mut s.ready_poll_interval)?;
         millis("NODE_BOOT_GRACE_PERIOD_MS", &mut s.boot_grace)?;
+        millis("NODE_HEARTBEAT_TIMEOUT_MS", &mut s.heartbeat_timeout)?;
         millis("TASK_QUEUED_TIMEOUT_MS", &mut s.task_limits.queued)?;
         millis("TASK_DELEGATED_TIMEOUT_MS", &mut s.task_limits.delegated)?;
         millis("TASK_TICK_INTERVAL_MS", &mut s.task_tick_interval)?;
@@ -160,6 +166,7 @@ impl Settings {
         for (name, d) in [
             ("NODE_SWEEP_INTERVAL_MS", s.sweep_interval),
             ("NODE_READY_POLL_INTERVAL_MS", s.ready_poll_interval),
+            ("NODE_HEARTBEAT_TIMEOUT_MS", s.heartbeat_timeout),
             ("TASK_TICK_INTERVAL_MS", s.task_tick_interval),
         ] {
             if d.is_zero() {
@@ -279,6 +286,7 @@ mod tests {
             ("NODE_PROVISIONING_TIMEOUT_MS", "6000"),
             ("NODE_READY_POLL_INTERVAL_MS", "7000"),
             ("NODE_BOOT_GRACE_PERIOD_MS", "8000"),
+            ("NODE_HEARTBEAT_TIMEOUT_MS", "8500"),
             ("NODE_LOCATION", "nbg1"),
             ("NODE_PREWARM", &prewarm),
             ("TASK_QUEUED_TIMEOUT_MS", "9000"),
@@ -296,6 +304,7 @@ mod tests {
         assert_eq!(s.provisioning_timeout, ms(6000));
         assert_eq!(s.ready_poll_interval, ms(7000));
         assert_eq!(s.boot_grace, ms(8000));
+        assert_eq!(s.heartbeat_timeout, ms(8500));
         assert_eq!(s.location.as_deref(), Some("nbg1"));
         assert_eq!(s.task_limits.queued, ms(9000));
         assert_eq!(s.task_limits.delegated, ms(10000));

@@ -38,6 +38,8 @@ pub enum Phase {
     Stranded,
     /// Pre-warming: a node provisioned to keep the idle minimum.
     Prewarm,
+    /// Runner tick: a node whose agent host stopped sending heartbeats.
+    Lost,
 }
 
 /// What came of one action.

@@ -463,3 +463,40 @@ async fn fifty_concurrent_runs_complete_on_the_memory_store() {
     let report = common::fifty_concurrent_runs(Arc::new(MemoryStore::new())).await;
     println!("{report}");
 }
+
+#[tokio::test]
+async fn a_task_on_a_node_that_stops_heartbeating_fails_and_the_node_is_destroyed() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let (t, ws) = delegated(&h, "On a dying node").await;
+    h.runner.agent_started(ws, None).await.unwrap();
+    let node = t.node_id.unwrap();
+    h.store.record_heartbeat(node, h.now()).await.unwrap();
+    // A quiet node that never sent a heartbeat is not judged.
+    let (quiet, _) = delegated(&h, "Never heartbeats").await;
+    h.clock.advance(3 * MINUTE - Duration::from_secs(1));
+    assert!(h.runner.tick().await.unwrap().is_empty());
+    h.clock.advance(Duration::from_secs(1));
+    let failed = h.runner.tick().await.unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].id, t.id);
+    let reason = failed[0].error_message.clone().unwrap();
+    assert!(reason.contains("stopped responding"), "{reason}");
+    assert_eq!(h.node_state(node).await, NodeState::Destroyed);
+    assert_eq!(
+        h.store.get_workspace(ws).await.unwrap().unwrap().status,
+        WorkspaceStatus::Stopped
+    );
+    let s = h
+        .store
+        .get_session(t.session_id.unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.status, SessionStatus::Stopped);
+    assert_eq!(task(&h, quiet.id).await.status, TaskStatus::Delegated);
+    assert_eq!(
+        h.node_state(quiet.node_id.unwrap()).await,
+        NodeState::Active
+    );
+}
