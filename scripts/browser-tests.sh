@@ -36,6 +36,15 @@ cleanup() {
     for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$SERVER_PID" 2>/dev/null || true
   fi
+  # Local nodes outlive their server by design (they reconnect after a restart); these
+  # belong to this run only, so stop each one's process group (its pid from node.json).
+  for file in "$DATA_DIR"/nodes/*/node.json; do
+    [ -f "$file" ] || continue
+    pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["pid"])' "$file" 2>/dev/null || true)"
+    if [ -n "$pid" ] && [ "$pid" -gt 1 ] && [ "$(ps -o args= -p "$pid" 2>/dev/null | awk '{print $1}')" = "$KILN_BIN_DIR/kiln-node" ]; then
+      kill -TERM -- "-$pid" 2>/dev/null || true
+    fi
+  done
   if [ "${KILN_KEEP_DATA:-}" = 1 ]; then echo "data kept in $DATA_DIR"; else rm -rf "$DATA_DIR"; fi
 }
 trap cleanup EXIT
@@ -43,10 +52,10 @@ trap cleanup EXIT
 echo "==> kiln serve on 127.0.0.1:$PORT (data in $DATA_DIR)"
 KILN_DEMO_PACE_MS="${KILN_DEMO_PACE_MS:-60}" \
 KILN_LOG="${KILN_LOG:-info}" \
+KILN_NODE_BIN="$KILN_BIN_DIR/kiln-node" \
   "$KILN_BIN_DIR/kiln" serve \
     --data-dir "$DATA_DIR" \
     --listen "127.0.0.1:$PORT" \
-    --node-command "$KILN_BIN_DIR/kiln-node" \
     --agent-command "$KILN_BIN_DIR/kiln-demo-agent" \
     >"$LOG" 2>&1 &
 SERVER_PID=$!

@@ -61,6 +61,24 @@ test('Run Now: messages stream in live and the task completes', async (t) => {
   await phone.context.close();
 });
 
+// Right after a completed run (a failed or cancelled one keeps its node for inspection).
+test('the nodes panel shows the warm node and its countdown, live', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id, 'nodes');
+  const row = page.locator('.node-row[data-state="warm"]').first();
+  await row.waitFor({ timeout: 30000 });
+  const first = await row.locator('.countdown').textContent();
+  assert.match(first, /^\d+:\d\d(:\d\d)?$/);
+  await page.waitForTimeout(2100);
+  const later = await row.locator('.countdown').textContent();
+  assert.notEqual(later, first, 'the countdown ticks');
+  assert.ok(await row.locator('.chip').first().textContent(), 'the node size is shown');
+  await screenshot(page, 'nodes-light');
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await screenshot(page, 'nodes-dark');
+  await page.emulateMedia({ colorScheme: 'light' });
+});
+
 test('streamed text grows in one bubble that the stored message replaces', async (t) => {
   if (!serverOrSkip(t)) return;
   await openProject(page, project.id);
@@ -125,21 +143,4 @@ test('Open workspace: a live view and a follow-up prompt while the agent works; 
   await page.click('.session-actions [data-action="cancel"]');
   await until('the task to be cancelled', async () => (await headerStatus(page)) === 'cancelled', { timeout: 30000 });
   assert.equal((await api.task(task.id)).status, 'cancelled');
-});
-
-test('the nodes panel shows the warm node and its countdown, live', async (t) => {
-  if (!serverOrSkip(t)) return;
-  await openProject(page, project.id, 'nodes');
-  const row = page.locator('.node-row[data-state="warm"]').first();
-  await row.waitFor({ timeout: 30000 });
-  const first = await row.locator('.countdown').textContent();
-  assert.match(first, /^\d+:\d\d(:\d\d)?$/);
-  await page.waitForTimeout(2100);
-  const later = await row.locator('.countdown').textContent();
-  assert.notEqual(later, first, 'the countdown ticks');
-  assert.ok(await row.locator('.chip').first().textContent(), 'the node size is shown');
-  await screenshot(page, 'nodes-light');
-  await page.emulateMedia({ colorScheme: 'dark' });
-  await screenshot(page, 'nodes-dark');
-  await page.emulateMedia({ colorScheme: 'light' });
 });

@@ -3,7 +3,8 @@
 // headless Chromium through playwright-core.
 
 import { execFileSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -39,6 +40,21 @@ export function loginLink(name) {
   return out;
 }
 
+let repository;
+
+/** A local git repository with one commit, for projects whose tasks really run. */
+export function testRepository() {
+  if (repository) return repository;
+  const dir = mkdtempSync(path.join(tmpdir(), 'kiln-browser-repo-'));
+  const git = (...args) => execFileSync('git', args, { cwd: dir, stdio: 'pipe' });
+  git('init', '--quiet', '--initial-branch=main');
+  writeFileSync(path.join(dir, 'README.md'), '# Demo repository for the browser tests\n');
+  git('add', 'README.md');
+  git('-c', 'user.name=Kiln tests', '-c', 'user.email=tests@kiln.invalid', 'commit', '--quiet', '-m', 'Initial commit');
+  repository = dir;
+  return dir;
+}
+
 /** The API as `user`. */
 export function apiAs(user) {
   const call = async (method, p, body) => {
@@ -55,7 +71,7 @@ export function apiAs(user) {
   return {
     call,
     createProject: (name, extra = {}) => call('POST', '/api/projects', {
-      name, repositoryUrl: `https://example.invalid/${name}.git`, ...extra,
+      name, repositoryUrl: testRepository(), ...extra,
     }),
     createTask: (projectId, body) => call('POST', `/api/projects/${projectId}/tasks`, body),
     task: (id) => call('GET', `/api/tasks/${id}`),

@@ -2,7 +2,7 @@
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
-import { apiAs, closeBrowser, contextAs, newUser, serverOrSkip, until } from './harness.mjs';
+import { apiAs, closeBrowser, contextAs, newUser, serverOrSkip, testRepository, until } from './harness.mjs';
 
 let user; let api; let page; let context;
 
@@ -20,12 +20,12 @@ test('create a project, then edit its name and default VM size', async (t) => {
   await page.waitForSelector('.empty h2');
   await page.click('[data-action="new-project"]');
   await page.fill('input[name="name"]', 'payments');
-  await page.fill('input[name="repositoryUrl"]', 'https://example.invalid/payments.git');
+  await page.fill('input[name="repositoryUrl"]', testRepository());
   await page.click('.size-option:has(input[value="medium"])');
   await page.click('form.card-form button[type="submit"]');
   const project = await until('the project', async () => (await api.call('GET', '/api/projects')).find((p) => p.name === 'payments'));
   assert.equal(project.defaultVmSize, 'medium');
-  assert.equal(project.repositoryUrl, 'https://example.invalid/payments.git');
+  assert.equal(project.repositoryUrl, testRepository());
   // It opens on its chat view, empty.
   await page.waitForSelector('.chat-view .empty h2');
   assert.match(await page.textContent('.project-name strong'), /payments/);
