@@ -49,6 +49,11 @@ test('Save to Backlog → draft card → edit → Run → completed', async (t) 
   const edited = await api.task(task.id);
   assert.equal(edited.description, 'Rename the helper module to util and fix the imports');
   assert.equal(edited.priority, 3);
+  // The draft's prompt (its session's first message) shows the edit.
+  await page.keyboard.press('c');
+  await page.locator(`.session-item[data-session-id="${task.sessionId}"]`).click();
+  await page.locator('.message-list .msg.user', { hasText: 'Rename the helper module to util and fix the imports' }).waitFor({ timeout: 5000 });
+  await page.keyboard.press('b');
 
   // Run it from the card; it moves across the board by itself.
   await draft.locator('[data-action="run"]').click();

@@ -74,3 +74,29 @@ test('a page that reconnects catches up on what it missed', async (t) => {
   await c.page.waitForSelector('.live-status[data-state="live"]');
   await assertNoReload(c.page);
 });
+
+test('a page opened mid-turn shows the text streamed so far, then the stored message', async (t) => {
+  if (!serverOrSkip(t)) return;
+  const a = await contextAs(user);
+  contexts.push(a.context);
+  await openProject(a.page, project.id);
+  const task = await runNow(a.page, api, project.id, 'Write five short notes about the build\nkiln-demo: messages 5');
+  // Once A sees text streaming, B opens the same session.
+  await a.page.waitForSelector('.msg.streaming', { timeout: 30000 });
+  const b = await contextAs(user);
+  contexts.push(b.context);
+  await b.page.evaluate(() => { window.__kilnSawStreaming = false; });
+  await b.context.addInitScript(() => {
+    new MutationObserver(() => {
+      const el = document.querySelector('.msg.streaming .msg-body');
+      if (el && el.textContent.length > 0) window.__kilnSawStreaming = true;
+    }).observe(document, { childList: true, subtree: true, characterData: true });
+  });
+  await openProject(b.page, project.id);
+  await b.page.locator(`.session-item.selected[data-session-id="${task.sessionId}"]`).waitFor();
+  await until('the task to end', async () => ['completed', 'failed'].includes((await api.task(task.id)).status), { timeout: 60000 });
+  assert.ok(await b.page.evaluate(() => window.__kilnSawStreaming), 'the late viewer saw text streaming');
+  const stored = (await api.messages(task.sessionId)).messages.filter((m) => m.role === 'assistant');
+  await until('one bubble per stored answer on the late page', async () => (await b.page.locator('.msg.assistant').count()) === stored.length
+    && (await b.page.locator('.msg.streaming').count()) === 0);
+});

@@ -49,6 +49,12 @@ export class ChatView {
     state.on('tasks', () => { this.renderSidebar(); this.renderHeader(); });
     state.on('workspaces', () => { this.renderHeader(); this.renderDrawer(); });
     state.on('nodes', () => this.renderDrawer());
+    state.on('messages-reset', (sessionId) => {
+      if (sessionId !== this.selectedId) return;
+      this.messageList.replaceChildren();
+      this.messageList._keyed = null;
+      state.loadLatest(sessionId);
+    });
     state.on('messages', (sessionId) => {
       if (sessionId === this.selectedId) { this.renderMessages(); this.renderDrawer(); }
     });
@@ -176,7 +182,7 @@ export class ChatView {
           ws.status === 'destroyed' ? 'workspace destroyed' : `workspace ${ws.status}`) : null,
         task?.vmSizeOverride ? h('span', { class: 'fact', text: task.vmSizeOverride }) : null),
       task?.errorMessage ? h('p', { class: 'task-error', text: task.errorMessage }) : null,
-      task?.summary ? h('p', { class: 'task-summary', text: task.summary }) : null,
+      task?.summary ? h('p', { class: 'task-summary' }, inline(task.summary)) : null,
       error);
   }
 

@@ -41,20 +41,31 @@ export class NodesView {
 
   row(n) {
     const task = n.claimedBy ? this.state.tasks.get(n.claimedBy) : undefined;
+    const warm = n.state === 'warm' && n.warmUntil;
+    let bar = null;
+    if (warm) {
+      // The share of the warm period left, from when the node was released (its last update).
+      const total = Date.parse(n.warmUntil) - Date.parse(n.updatedAt);
+      const left = Date.parse(n.warmUntil) - Date.now();
+      bar = h('span', { class: 'warm-bar', 'aria-hidden': 'true' },
+        h('span', { class: 'warm-fill', dataset: { from: n.updatedAt, until: n.warmUntil } }));
+      bar.firstChild.style.width = `${Math.max(0, Math.min(100, total > 0 ? (100 * left) / total : 0))}%`;
+    }
     return h('article', { class: `node-row state-${n.state}`, dataset: { nodeId: n.id, state: n.state } },
       h('div', { class: 'node-main' },
         h('span', { class: `dot state-${n.state}` }),
         h('code', { class: 'node-id', text: shortId(n.id), title: n.id }),
         h('span', { class: `badge node-${n.state}`, text: n.state })),
+      h('span', { class: 'chip node-size', text: n.size }),
       h('div', { class: 'node-facts' },
-        h('span', { class: 'chip', text: n.size }),
         h('span', { class: 'muted', text: n.provider + (n.location ? ` · ${n.location}` : '') }),
-        n.state === 'warm' && n.warmUntil
-          ? h('span', { class: 'warm' }, 'warm for ', countdownEl(n.warmUntil))
-          : null,
         task ? h('a', { href: `#/p/${this.state.project.id}/s/${task.sessionId}`, text: `running: ${task.title}` })
           : n.claimedBy ? h('span', { class: 'muted', text: `claimed by ${shortId(n.claimedBy)}` }) : null,
         n.lastHeartbeatAt ? h('span', { class: 'muted' }, 'heartbeat ', timeAgo(n.lastHeartbeatAt)) : null,
-        n.errorMessage ? h('span', { class: 'node-error', text: n.errorMessage }) : null));
+        n.errorMessage ? h('span', { class: 'node-error', text: n.errorMessage }) : null),
+      h('div', { class: 'node-warm' },
+        warm ? [h('span', { class: 'warm' }, 'warm for ', countdownEl(n.warmUntil)), bar]
+          : h('span', { class: 'muted', text: n.state === 'active' ? 'in use' : '' })));
   }
+
 }

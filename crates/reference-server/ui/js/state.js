@@ -41,8 +41,10 @@ export class ProjectState {
   // ---- merging -------------------------------------------------------------------------
 
   upsertTask(task) {
-    if (task.projectId !== this.project.id || !newer(this.tasks.get(task.id), task)) return;
+    const old = this.tasks.get(task.id);
+    if (task.projectId !== this.project.id || !newer(old, task)) return;
     this.tasks.set(task.id, task);
+    if (old && old.description !== task.description && task.sessionId) this.editPrompt(task.sessionId, task.description);
     this.emit('tasks', task);
   }
 
@@ -95,6 +97,24 @@ export class ProjectState {
     }
   }
 
+  /** A draft's edited description is its session's first message (the prompt). */
+  editPrompt(sessionId, description) {
+    const entry = this.messages.get(sessionId);
+    if (!entry) return;
+    const prompt = entry.list[0];
+    if (!prompt || prompt.cursor !== 1) {
+      // Not loaded yet (or a load is on its way with the old text): start over.
+      this.messages.delete(sessionId);
+      this.emit('messages-reset', sessionId);
+      return;
+    }
+    if (prompt.role !== 'user' || prompt.content === description) return;
+    const updated = { ...prompt, content: description };
+    entry.byId.set(prompt.id, updated);
+    entry.list = [updated, ...entry.list.slice(1)];
+    this.emit('messages', sessionId);
+  }
+
   messageEntry(sessionId) {
     let entry = this.messages.get(sessionId);
     if (!entry) {
@@ -143,14 +163,17 @@ export class ProjectState {
     this.addMessages(sessionId, page.messages, { olderPageHasMore: page.hasMore });
   }
 
-  /** The latest page of a session, once. */
-  async loadLatest(sessionId) {
+  /** The latest page of a session, once (a reset entry is loaded again). */
+  loadLatest(sessionId) {
     const entry = this.messageEntry(sessionId);
-    if (entry.loaded) return;
-    const page = await api.messages(sessionId);
-    entry.loaded = true;
-    this.addMessages(sessionId, page.messages, { olderPageHasMore: page.hasMore });
-    this.emit('messages', sessionId);
+    if (entry.loaded) return Promise.resolve();
+    entry.loading ||= api.messages(sessionId).then((page) => {
+      if (this.messages.get(sessionId) !== entry) return; // reset meanwhile: this page is stale
+      entry.loaded = true;
+      this.addMessages(sessionId, page.messages, { olderPageHasMore: page.hasMore });
+      this.emit('messages', sessionId);
+    }).finally(() => { entry.loading = null; });
+    return entry.loading;
   }
 
   /** The page before the oldest loaded message. */

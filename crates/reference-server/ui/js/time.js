@@ -55,7 +55,11 @@ export function countdownEl(iso) {
 
 setInterval(() => {
   const now = Date.now();
-  for (const el of document.querySelectorAll('[data-until]')) el.textContent = countdown(el.dataset.until, now);
+  for (const el of document.querySelectorAll('.countdown[data-until]')) el.textContent = countdown(el.dataset.until, now);
+  for (const el of document.querySelectorAll('.warm-fill[data-until]')) {
+    const total = Date.parse(el.dataset.until) - Date.parse(el.dataset.from);
+    el.style.width = `${Math.max(0, Math.min(100, total > 0 ? (100 * (Date.parse(el.dataset.until) - now)) / total : 0))}%`;
+  }
 }, 1000);
 setInterval(() => {
   const now = Date.now();
