@@ -221,6 +221,7 @@ impl Node {
             }
         };
         heartbeat.abort();
+        let _ = heartbeat.await;
         tracing::info!(?exit, "node stopping");
         self.workspaces.shutdown().await;
         Ok(exit)

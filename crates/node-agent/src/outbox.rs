@@ -113,11 +113,15 @@ struct OutboxRecorder {
 #[async_trait]
 impl MessageRecorder for OutboxRecorder {
     async fn record(&self, message: ChatMessage) -> Result<()> {
-        self.outbox
+        let session = message.session_id;
+        let receipt = self
+            .outbox
             .enqueue(self.route, message)
             .await
-            .map(drop)
-            .map_err(|e| NodeError::Outbox(e.to_string()))
+            .map_err(|e| NodeError::Outbox(e.to_string()))?;
+        // The acknowledged enqueue, for audits (the chaos soak counts these as produced).
+        tracing::debug!(target: "kiln_node::produced", message = %receipt.id, %session, seq = receipt.seq, duplicate = receipt.duplicate, "message enqueued");
+        Ok(())
     }
 }
 

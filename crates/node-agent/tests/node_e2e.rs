@@ -33,7 +33,15 @@ fn config(url: &str, data: &Path) -> NodeConfig {
 }
 
 async fn start_node_with(fake: Fake, url: &str, tweak: impl FnOnce(&mut NodeConfig)) -> Running {
-    let data = tempfile::tempdir().unwrap();
+    start_node_in(fake, url, tempfile::tempdir().unwrap(), tweak).await
+}
+
+async fn start_node_in(
+    fake: Fake,
+    url: &str,
+    data: tempfile::TempDir,
+    tweak: impl FnOnce(&mut NodeConfig),
+) -> Running {
     let mut config = config(url, data.path());
     tweak(&mut config);
     let outbox_config = OutboxConfig {
@@ -42,13 +50,24 @@ async fn start_node_with(fake: Fake, url: &str, tweak: impl FnOnce(&mut NodeConf
         retry_max_interval: Duration::from_millis(200),
         ..OutboxConfig::default()
     };
-    let routes = OutboxRoutes::open(
-        &data.path().join("outbox.sqlite"),
-        outbox_config,
-        url,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    // A previous node on this directory may still be closing its outbox.
+    let mut attempts = 0;
+    let routes = loop {
+        match OutboxRoutes::open(
+            &data.path().join("outbox.sqlite"),
+            outbox_config.clone(),
+            url,
+            Arc::new(SystemClock),
+        ) {
+            Ok(routes) => break routes,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("outbox: {e}"),
+        }
+    };
     let node = Node::start(config, Arc::new(routes)).await.unwrap();
     let stop = node.stop_handle();
     let node = tokio::spawn(node.run());
@@ -614,4 +633,37 @@ async fn an_orphaned_node_whose_data_dir_is_removed_exits() {
         .unwrap()
         .unwrap();
     assert_eq!(exit, NodeExit::DataDirRemoved);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_stops_during_a_turn_reports_the_turn_failed_after_its_restart() {
+    let (fake, url) = start_fake().await;
+    let node_id = NodeId::new();
+    let run = start_node_with(fake.clone(), &url, |c| c.node_id = node_id).await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Hang\nkiln-demo: hang");
+    run.fake.push(t.command);
+    run.fake
+        .wait_for(10, "the turn under way", |i| {
+            i.messages
+                .iter()
+                .any(|m| m.tool.as_ref().is_some_and(|t| t.tool == "plan"))
+                .then_some(())
+        })
+        .await;
+    // The host stops while the turn runs (its agent goes with it).
+    run.stop.send_replace(true);
+    assert_eq!(run.node.await.unwrap().unwrap(), NodeExit::Requested);
+    let run = start_node_in(fake, &url, run.data, |c| c.node_id = node_id).await;
+    let failed = run
+        .fake
+        .wait_event("the interrupted turn", |e| is_terminal(e, t.workspace))
+        .await;
+    assert!(
+        matches!(&failed, WorkspaceEvent::Failed { error, .. } if error.contains("restarted during")),
+        "{failed:?}"
+    );
+    run.stop.send_replace(true);
+    let _ = run.node.await;
 }

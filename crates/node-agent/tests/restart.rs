@@ -1,5 +1,8 @@
-//! `kiln-node` killed with SIGKILL in the middle of a stream and started again: every
-//! message it had acknowledged reaches the receiver, and none is stored twice.
+//! `kiln-node` killed with SIGKILL in the middle of delivering a stream of messages and
+//! started again: every message it had acknowledged reaches the receiver, none is stored
+//! twice, and the task's completion is reported again. (The kill comes after the agent's
+//! turn, so no agent process is left orphaned; a restart during a turn is tested in-process
+//! in `node_e2e.rs`.)
 
 mod common;
 
@@ -75,10 +78,15 @@ async fn sigkill_mid_stream_and_restart_loses_and_duplicates_nothing() {
         callback_token: "ws-token".into(),
         agent_hint: None,
     });
-    // Mid-stream: some messages delivered, more waiting in the outbox, the agent still talking.
-    fake.wait_for(30, "a backlog in the outbox", |i| {
-        (!i.messages.is_empty() && i.heartbeats.last().is_some_and(|h| h.outbox.pending >= 10))
-            .then_some(())
+    // Mid-stream of delivery: the agent has finished (its process is stopped, so the kill
+    // leaves no orphan), one batch was delivered and the rest waits in the outbox.
+    fake.wait_for(30, "a backlog in the outbox after the turn", |i| {
+        (!i.messages.is_empty()
+            && i.events.iter().any(|e| {
+                matches!(e, kiln_core::protocol::WorkspaceEvent::Completed { workspace_id, .. } if *workspace_id == workspace)
+            })
+            && i.heartbeats.last().is_some_and(|h| h.outbox.pending >= 10))
+        .then_some(())
     })
     .await;
     child.0.kill().expect("SIGKILL");
@@ -116,6 +124,16 @@ async fn sigkill_mid_stream_and_restart_loses_and_duplicates_nothing() {
                 .iter()
                 .any(|w| w.workspace_id == workspace))
         .then_some(())
+    })
+    .await;
+    // The completion is reported again (its first copy might have been lost with the process).
+    fake.wait_for(10, "the completion reported again", |i| {
+        (i.events
+            .iter()
+            .filter(|e| matches!(e, kiln_core::protocol::WorkspaceEvent::Completed { .. }))
+            .count()
+            == 2)
+            .then_some(())
     })
     .await;
     let _ = Command::new("kill").arg(child.0.id().to_string()).status();

@@ -250,14 +250,15 @@ impl NodeProvider for LocalProvider {
         {
             process::stop_node(file.pid, node_id, self.config.stop_grace).await;
         }
-        if let Some(reaper) = self
+        let reaper = self
             .reapers
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(&node_id)
-        {
-            // The process is gone; let the reaper finish collecting it.
-            drop(reaper);
+            .remove(&node_id);
+        if let Some(reaper) = reaper {
+            // The process is gone: collect it here, so it never lingers as a zombie (or is
+            // left for init to reap when this process exits).
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), reaper).await;
         }
         match tokio::fs::remove_dir_all(&dir).await {
             Ok(()) => {

@@ -147,12 +147,21 @@ impl WorkspaceActor {
 
     fn fail(&mut self, error: String) {
         tracing::warn!(workspace = %self.id(), %error, "workspace failed");
-        self.turn_reported = true;
-        self.set_status(RecordStatus::Failed);
-        self.report(WorkspaceEvent::Failed {
+        let event = WorkspaceEvent::Failed {
             workspace_id: self.id(),
             error,
-        });
+        };
+        self.finish(RecordStatus::Failed, event);
+    }
+
+    /// Ends the turn with a terminal event: remembered (to be sent again after a restart)
+    /// before it is reported.
+    fn finish(&mut self, status: RecordStatus, event: WorkspaceEvent) {
+        self.turn_reported = true;
+        self.record.turn_active = false;
+        self.record.last_event = Some(event.clone());
+        self.set_status(status);
+        self.report(event);
     }
 
     /// Runs a freshly created workspace: checkout, agent, first prompt, then the loop.
@@ -182,6 +191,14 @@ impl WorkspaceActor {
         if let Err(e) = self.open_route().await {
             tracing::error!(error = %e, workspace = %self.id(), "route not reopened");
         }
+        if self.record.turn_active {
+            self.fail(
+                "the agent host restarted during the agent's turn; the agent process is gone"
+                    .into(),
+            );
+        } else if let Some(event) = self.record.last_event.clone() {
+            self.report(event);
+        }
         self.run().await;
     }
 
@@ -196,9 +213,8 @@ impl WorkspaceActor {
             self.record.topic = Some(kiln_core::model::topic_from_message(&prompt.text));
         }
         self.turn_reported = false;
-        if self.record.status != RecordStatus::Running {
-            self.set_status(RecordStatus::Running);
-        }
+        self.record.turn_active = true;
+        self.set_status(RecordStatus::Running);
         if let Some(host) = &self.host {
             host.prompt(prompt.message_id, prompt.text);
         }
@@ -212,8 +228,8 @@ impl WorkspaceActor {
                     Some(WorkspaceCommand::Cancel) => match &self.host {
                         Some(host) => host.cancel(),
                         None => {
-                            self.set_status(RecordStatus::Cancelled);
-                            self.report(WorkspaceEvent::Cancelled { workspace_id: self.id() });
+                            let event = WorkspaceEvent::Cancelled { workspace_id: self.id() };
+                            self.finish(RecordStatus::Cancelled, event);
                         }
                     },
                     Some(WorkspaceCommand::Destroy(done)) => {
@@ -253,13 +269,16 @@ impl WorkspaceActor {
                 StopKind::EndTurn if self.record.task_id.is_some() => {
                     self.complete(summary).await;
                 }
-                StopKind::EndTurn => tracing::debug!(workspace = %self.id(), "chat turn ended"),
+                StopKind::EndTurn => {
+                    tracing::debug!(workspace = %self.id(), "chat turn ended");
+                    self.record.turn_active = false;
+                    self.save();
+                }
                 StopKind::Cancelled => {
-                    self.turn_reported = true;
-                    self.set_status(RecordStatus::Cancelled);
-                    self.report(WorkspaceEvent::Cancelled {
+                    let event = WorkspaceEvent::Cancelled {
                         workspace_id: self.id(),
-                    });
+                    };
+                    self.finish(RecordStatus::Cancelled, event);
                 }
                 StopKind::Refusal => self.fail("the agent refused the task".into()),
                 StopKind::Other(reason) => self.fail(format!("the agent stopped: {reason}")),
@@ -313,14 +332,14 @@ impl WorkspaceActor {
             tracing::warn!(workspace = %self.id(), warning = %w, "completed with a warning");
         }
         self.stop_agent().await;
-        self.set_status(RecordStatus::Completed);
-        self.report(WorkspaceEvent::Completed {
+        let event = WorkspaceEvent::Completed {
             workspace_id: self.id(),
             branch: self.record.branch.clone(),
             pr_url: summary.pr_url,
             summary: summary.summary,
             warning,
-        });
+        };
+        self.finish(RecordStatus::Completed, event);
     }
 
     async fn destroy(&mut self) {

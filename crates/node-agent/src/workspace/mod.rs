@@ -173,6 +173,8 @@ impl Workspaces {
                     topic: None,
                     acp_session_id: None,
                     status: RecordStatus::Creating,
+                    turn_active: false,
+                    last_event: None,
                 };
                 if let Err(e) = record.save(&dir) {
                     self.shared.events.report(WorkspaceEvent::Failed {

@@ -51,6 +51,14 @@ pub struct WorkspaceRecord {
     pub acp_session_id: Option<String>,
     /// Where it is.
     pub status: RecordStatus,
+    /// A prompt turn is under way (a restart finding this reports the turn failed: the
+    /// agent process died with the host).
+    #[serde(default)]
+    pub turn_active: bool,
+    /// The last terminal event reported, sent again after a restart (events are idempotent
+    /// at the control plane; the first copy may have been lost with the process).
+    #[serde(default)]
+    pub last_event: Option<kiln_core::protocol::WorkspaceEvent>,
 }
 
 impl WorkspaceRecord {
