@@ -17,6 +17,28 @@ fn prompt_id(task: &Value) -> String {
     MessageId::for_task_prompt(id).to_string()
 }
 
+/// From `task.updated` frames: how long after its creation the task was delegated (had its
+/// node) and in progress (its agent started), on the server's clock.
+fn phase_times(frames: &[Value], task: &Value) -> (Duration, Duration) {
+    let created =
+        chrono::DateTime::parse_from_rfc3339(task["createdAt"].as_str().unwrap()).unwrap();
+    let at = |status: &str| {
+        let f = frames
+            .iter()
+            .find(|f| {
+                f["type"] == "task.updated"
+                    && f["data"]["id"] == task["id"]
+                    && f["data"]["status"] == status
+            })
+            .unwrap_or_else(|| panic!("no {status} frame for {}", task["id"]));
+        let t =
+            chrono::DateTime::parse_from_rfc3339(f["data"]["statusChangedAt"].as_str().unwrap())
+                .unwrap();
+        (t - created).to_std().unwrap_or_default()
+    };
+    (at("delegated"), at("in_progress"))
+}
+
 /// How long until the task's agent started (it reached in_progress or beyond).
 async fn time_to_start(api: &Api, task: &Value, since: Instant) -> Duration {
     api.wait_task(task, LIMIT, |s| s != "queued" && s != "delegated")
@@ -102,9 +124,23 @@ async fn run_now_completes_then_a_warm_node_is_reused_failures_keep_workspaces_a
         first_start.as_secs_f64() * 1e3,
         second_start.as_secs_f64() * 1e3
     );
+    // Precisely, on the server's clock: how long each task waited for its node (queued →
+    // delegated) and for its agent (→ in_progress), from the viewer's task.updated frames.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frames2 = drain(&mut viewer);
+    let all: Vec<Value> = frames.iter().chain(frames2.iter()).cloned().collect();
+    let (cold_node, cold_agent) = phase_times(&all, &first);
+    let (warm_node, warm_agent) = phase_times(&all, &second);
+    println!(
+        "server clock: node acquired cold {cold_node:?} vs warm {warm_node:?}; agent started cold {cold_agent:?} vs warm {warm_agent:?}"
+    );
     assert!(
-        second_start < first_start,
-        "warm start {second_start:?} should beat cold start {first_start:?}"
+        warm_node < cold_node,
+        "claiming the warm node ({warm_node:?}) beats provisioning one ({cold_node:?})"
+    );
+    assert!(
+        warm_agent < cold_agent,
+        "the warm task's agent started sooner ({warm_agent:?} vs {cold_agent:?})"
     );
 
     // 3. A failing agent: failed, the workspace kept.
@@ -140,8 +176,13 @@ async fn run_now_completes_then_a_warm_node_is_reused_failures_keep_workspaces_a
     );
 
     // 5. Graceful shutdown: SIGTERM, exit 0, state consistent for the next start.
+    let stopping = Instant::now();
     let status = kiln.stop();
     assert!(status.success(), "exit status {status:?}");
+    println!(
+        "graceful shutdown with a node long-polling: {:.0} ms",
+        stopping.elapsed().as_secs_f64() * 1e3
+    );
     let kiln2 = Kiln::start(&dir.path().join("data"), None, &[]).await;
     let api2 = Api::new(&kiln2.base, &kiln2.user_token("ann"));
     let t = api2.get(&format!("/api/tasks/{id}")).await;
@@ -154,7 +195,8 @@ async fn five_concurrent_run_now_tasks_all_complete_with_every_message() {
     let dir = tempfile::tempdir().unwrap();
     let repo = git_repo(dir.path());
     let kiln = Kiln::start(&dir.path().join("data"), None, &[]).await;
-    let api = Api::new(&kiln.base, &kiln.user_token("bob"));
+    let token = kiln.user_token("bob");
+    let api = Api::new(&kiln.base, &token);
     let project = api.project(&repo).await;
     let mut viewer = api.watch(&project).await;
     let descriptions: Vec<String> = (0..5)
@@ -180,4 +222,47 @@ async fn five_concurrent_run_now_tasks_all_complete_with_every_message() {
         "5 concurrent tasks ran on {} node(s)",
         nodes.as_array().unwrap().len()
     );
+
+    // The operator CLI against the same server.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(e2e_support::bin_dir().join("kiln"))
+            .args(args)
+            .env("KILN_SERVER_URL", &kiln.base)
+            .env("KILN_TOKEN", &token)
+            .env("KILN_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (status, out) = cli(&["task", "run", "demo", "Write via the CLI"]);
+    println!("kiln task run:\n{out}");
+    assert!(status.success(), "kiln task run: {status:?}\n{out}");
+    for expected in [
+        "queued",
+        "in_progress",
+        "completed",
+        "[user] Write via the CLI",
+        "[assistant]",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let (status, out) = cli(&["task", "list", "--status", "completed"]);
+    assert!(status.success());
+    assert_eq!(
+        out.lines().count(),
+        1 + 6,
+        "header and six completed tasks:\n{out}"
+    );
+    api.wait_for("/api/nodes?state=warm", LIMIT, |v| {
+        !v.as_array().unwrap().is_empty()
+    })
+    .await;
+    let (status, out) = cli(&["node", "list"]);
+    assert!(status.success());
+    assert!(out.contains("warm") && out.contains("local"), "{out}");
+    let (status, _) = cli(&["task", "run", "no-such-project", "x"]);
+    assert_eq!(status.code(), Some(2), "an unknown project is an error");
 }

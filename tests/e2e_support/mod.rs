@@ -206,13 +206,16 @@ impl Drop for Kiln {
                 let Ok(text) = std::fs::read_to_string(entry.path().join("node.json")) else {
                     continue;
                 };
-                if let Some(pid) = serde_json::from_str::<Value>(&text)
+                let pid = serde_json::from_str::<Value>(&text)
                     .ok()
                     .and_then(|v| v["pid"].as_u64())
+                    .filter(|pid| *pid > 1);
+                // Only a live kiln-node leading its own process group is signalled.
+                if let Some(pid) = pid
+                    && is_node_group_leader(pid)
                 {
                     let _ = Command::new("kill")
-                        .arg("-KILL")
-                        .arg(format!("-{pid}"))
+                        .args(["-KILL", "--", &format!("-{pid}")])
                         .stderr(Stdio::null())
                         .status();
                 }
@@ -222,6 +225,22 @@ impl Drop for Kiln {
             eprintln!("--- kiln log ({}) ---\n{}", self.base, self.log_text());
         }
     }
+}
+
+/// Whether `pid` is a running `kiln-node` that leads its own process group.
+fn is_node_group_leader(pid: u64) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the parenthesized name: state, ppid, pgrp, …
+    let pgrp = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<u64>().ok());
+    String::from_utf8_lossy(&cmdline).contains("kiln-node") && pgrp == Some(pid)
 }
 
 /// An API client for one user.

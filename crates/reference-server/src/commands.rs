@@ -47,9 +47,20 @@ impl Queue {
 }
 
 /// The command queues of every node this replica talks to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CommandQueues {
     queues: Mutex<HashMap<NodeId, Queue>>,
+    /// Set when the server shuts down: waiting polls return at once.
+    closed: watch::Sender<bool>,
+}
+
+impl Default for CommandQueues {
+    fn default() -> Self {
+        Self {
+            queues: Mutex::default(),
+            closed: watch::channel(false).0,
+        }
+    }
 }
 
 impl CommandQueues {
@@ -91,7 +102,16 @@ impl CommandQueues {
             }
             queue.changed.subscribe()
         };
-        let _ = tokio::time::timeout(wait, changed.changed()).await;
+        let mut closed = self.closed.subscribe();
+        if !*closed.borrow() {
+            let _ = tokio::time::timeout(wait, async {
+                tokio::select! {
+                    _ = changed.changed() => {}
+                    _ = closed.wait_for(|c| *c) => {}
+                }
+            })
+            .await;
+        }
         let mut queues = self.lock();
         let queue = queues.entry(node).or_insert_with(Queue::new);
         Self::ack(queue, after);
@@ -113,6 +133,12 @@ impl CommandQueues {
         while queue.pending.front().is_some_and(|c| c.seq <= after) {
             queue.pending.pop_front();
         }
+    }
+
+    /// Ends every waiting poll now and makes later polls return at once (shutdown: the
+    /// nodes reconnect to whichever server comes next).
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Forgets a node's queue (it is gone).
@@ -283,6 +309,23 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn closing_ends_waiting_polls() {
+        let q = Arc::new(CommandQueues::new());
+        let node = NodeId::new();
+        let poller = tokio::spawn({
+            let q = q.clone();
+            async move { q.poll(node, 0, Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        q.close();
+        let got = tokio::time::timeout(Duration::from_secs(2), poller)
+            .await
+            .expect("the poll ended at close")
+            .unwrap();
+        assert!(got.is_empty());
     }
 
     #[tokio::test]

@@ -5,6 +5,45 @@
 //! `kiln` binary only reads its [configuration](config) and serves it.
 //!
 //! Errors are JSON everywhere: `{"error": code, "message": …}` with a precise status.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use axum::body::Body;
+//! use axum::http::Request;
+//! use kiln_core::memory::{MemoryProvider, MemoryStore};
+//! use kiln_server::{Config, app, server};
+//! use tower::ServiceExt;
+//!
+//! // The whole server over in-memory parts (a real one uses SQLite or PostgreSQL and the
+//! // local provider: see `server::serve`).
+//! let parts = server::assemble(
+//!     &Config::default(),
+//!     Arc::new(MemoryStore::new()),
+//!     Arc::new(MemoryProvider::new()),
+//!     b"a secret key of some length".to_vec(),
+//!     "http://127.0.0.1:8080",
+//! )
+//! .await?;
+//! let response = app(parts.state)
+//!     .oneshot(Request::get("/api/projects").body(Body::empty())?)
+//!     .await?;
+//! assert_eq!(response.status(), 401); // every user endpoint needs a token or a session
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+//!
+//! ## Modules
+//!
+//! - [`api`]: the HTTP API (projects, tasks, sessions, nodes, workspaces, accounts), the node
+//!   protocol's server side and the messages endpoint; [`openapi`] describes all of it.
+//! - [`auth`] (users: API tokens and browser sessions) and [`tokens`] (node and workspace
+//!   callback JWTs).
+//! - [`ws`]: the project WebSocket; [`live`] holds streaming text and fresh messages.
+//! - [`commands`]: per-node command queues behind the long poll, relayed across replicas.
+//! - [`runner`]: the task runner's server side (driver, workspace controller, node bootstrap).
+//! - [`server`] and [`config`]: wiring from configuration, and graceful serving.
+//! - [`client`]: the operator CLI's client (`kiln task run`, `kiln task list`, `kiln node list`).
 
 pub mod api;
 pub mod auth;

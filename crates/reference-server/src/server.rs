@@ -258,9 +258,12 @@ pub async fn serve(
     let grace = config.shutdown_grace;
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let stop_tx = stop_tx.clone();
+        let commands = parts.state.commands.clone();
         async move {
             shutdown.await;
             tracing::info!("shutting down: no new requests; finishing in-flight ones");
+            // Long polls end now instead of holding the shutdown for their full wait.
+            commands.close();
             let _ = stop_tx.send(true);
         }
     });
