@@ -66,6 +66,7 @@ test('Save to Backlog → draft card → edit → Run → completed', async (t) 
   await page.waitForSelector(`.session-item.selected[data-session-id="${task.sessionId}"]`);
   assert.equal(await page.locator('.tab.active').getAttribute('data-view'), 'chat');
   assert.deepEqual(page.errors, []);
+  if (page.httpErrors.length) console.log(`HTTP errors the page handled: ${page.httpErrors.join(', ')}`);
 });
 
 test('switching views keeps the selected session and each view\'s scroll', async (t) => {

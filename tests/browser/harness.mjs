@@ -113,7 +113,13 @@ export async function contextAs(user, { colorScheme = 'light', viewport = { widt
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (err) => errors.push(err));
-  page.on('console', (msg) => { if (msg.type() === 'error') errors.push(new Error(msg.text())); });
+  // Script errors fail tests; HTTP errors the page handles (a 404 for a workspace that is
+  // gone, a 409 shown inline) are kept apart, for diagnostics.
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' && !msg.text().startsWith('Failed to load resource')) errors.push(new Error(msg.text()));
+  });
+  page.httpErrors = [];
+  page.on('response', (res) => { if (res.status() >= 400) page.httpErrors.push(`${res.status()} ${res.request().method()} ${new URL(res.url()).pathname}`); });
   page.errors = errors;
   return { context, page };
 }
