@@ -52,8 +52,11 @@ async fn two_replicas_on_postgres_run_a_task_and_share_live_updates() {
     let dir = tempfile::tempdir().unwrap();
     let repo = git_repo(dir.path());
     {
-        let a = Kiln::start(&dir.path().join("a"), Some(&url), &[]).await;
-        let b = Kiln::start(&dir.path().join("b"), Some(&url), &[]).await;
+        // Replicas share the token signing key (a node may be bootstrapped by one replica
+        // and handed workspace tokens by another).
+        let key = [("KILN_SECRET_KEY", "e2e-shared-secret-key-of-both-replicas")];
+        let a = Kiln::start(&dir.path().join("a"), Some(&url), &key).await;
+        let b = Kiln::start(&dir.path().join("b"), Some(&url), &key).await;
         let token = a.user_token("carol");
         let api_a = Api::new(&a.base, &token);
         let api_b = Api::new(&b.base, &token);
@@ -99,6 +102,55 @@ async fn two_replicas_on_postgres_run_a_task_and_share_live_updates() {
         assert_eq!(
             api_b.get(&format!("/api/tasks/{id}")).await["status"],
             "completed"
+        );
+
+        // A task created through replica B claims the warm node (which talks to replica A):
+        // B's runner's commands reach the node through the change feed, and the workspace
+        // token B signed is accepted by A (the replicas share KILN_SECRET_KEY).
+        let node = done["nodeId"].clone();
+        let second = api_b.run_now(&project, "Write a file from replica B").await;
+        let done2 = api_b.wait_terminal(&second, Duration::from_secs(120)).await;
+        assert_eq!(done2["status"], "completed", "{done2}");
+        assert_eq!(
+            done2["nodeId"], node,
+            "the warm node was reused across replicas"
+        );
+        api_a
+            .wait_for("/api/nodes", Duration::from_secs(60), |v| {
+                v[0]["state"] == "warm"
+            })
+            .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let frames = drain(&mut viewer);
+        let session2 = second["sessionId"].as_str().unwrap();
+        let stored2 = api_a.messages(session2).await;
+        let second_id: TaskId = second["id"].as_str().unwrap().parse().unwrap();
+        check_messages(
+            &stored2,
+            &frames,
+            session2,
+            &MessageId::for_task_prompt(second_id).to_string(),
+        );
+
+        // A cancel through replica B stops an agent on a node that talks to replica A.
+        let hanging = api_a.run_now(&project, "Wait\nkiln-demo: hang").await;
+        api_a
+            .wait_task(&hanging, Duration::from_secs(120), |s| s == "in_progress")
+            .await;
+        let hid = hanging["id"].as_str().unwrap();
+        api_b
+            .post(&format!("/api/tasks/{hid}/cancel"), serde_json::json!({}))
+            .await;
+        api_a
+            .wait_for(
+                &format!("/api/workspaces?taskId={hid}"),
+                Duration::from_secs(60),
+                |v| v[0]["status"] == "stopped",
+            )
+            .await;
+        assert_eq!(
+            api_a.get(&format!("/api/tasks/{hid}")).await["status"],
+            "cancelled"
         );
     }
     drop_database(&name).await;

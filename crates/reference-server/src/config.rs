@@ -8,7 +8,7 @@
 //! | `--listen` | `KILN_LISTEN` | `listen` | `127.0.0.1:8080` |
 //! | `--database-url` | `KILN_DATABASE_URL` | `database_url` | `sqlite://<data dir>/kiln.db` (`postgres://…` selects PostgreSQL) |
 //! | `--public-url` | `KILN_PUBLIC_URL` | `public_url` | `http://<listen>` (what nodes and login links use) |
-//! | `--secret-key` | `KILN_SECRET_KEY` | `secret_key` | generated into `<data dir>/secret.key` (mode 0600) on first start |
+//! | `--secret-key` | `KILN_SECRET_KEY` | `secret_key` | generated into `<data dir>/secret.key` (mode 0600) on first start; replicas sharing a PostgreSQL database must all be given the same key |
 //! | `--provider` | `KILN_PROVIDER` | `provider` | `local` (`kiln-node` processes on this machine) |
 //! | `--agent-command` | `KILN_AGENT_COMMAND` | `agent_command` | unset: each node runs `kiln-demo-agent` from next to its `kiln-node` |
 //! | — | `KILN_NODE_BIN`, `KILN_LOCAL_NODES_DIR`, `KILN_LOCAL_STOP_GRACE_MS` | — | the local provider's settings (`kiln_backends::local::LocalConfig`); nodes live in `<data dir>/nodes` unless `KILN_LOCAL_NODES_DIR` says otherwise |

@@ -219,6 +219,12 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     let store = open_store(&config).await?;
     let key = load_secret_key(&config)?;
+    if config.is_postgres() && config.secret_key.is_none() {
+        tracing::warn!(
+            "PostgreSQL without KILN_SECRET_KEY: this replica signs callback tokens with its own \
+             generated key; replicas sharing the database must share KILN_SECRET_KEY"
+        );
+    }
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| StartError::Other(format!("cannot listen on {}: {e}", config.listen)))?;
