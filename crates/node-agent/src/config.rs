@@ -22,7 +22,10 @@ use crate::error::{NodeError, Result};
 /// | `KILN_POLL_WAIT_MS` | how long one command long-poll may wait at the server | `25000` |
 /// | `KILN_RECONNECT_INITIAL_MS` / `KILN_RECONNECT_MAX_MS` | backoff while the control plane is down | `500` / `30000` |
 /// | `KILN_CANCEL_GRACE_MS` | how long an agent gets to end a cancelled turn before it is killed | `10000` |
-/// | `KILN_DESTROY_DRAIN_MS` | how long destroying a workspace waits for its outbox to drain | `10000` |
+/// | `KILN_DESTROY_DRAIN_MS` | how long destroying a workspace (or stopping the node) waits for undelivered messages | `10000` |
+///
+/// Agent processes inherit the node's environment (without `CALLBACK_TOKEN`), so settings
+/// such as an agent's API key or the demo agent's `KILN_DEMO_*` are set on the node.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
     /// This node.
@@ -49,7 +52,8 @@ pub struct NodeConfig {
     pub cancel_grace: Duration,
     /// How long destroy waits for undelivered messages.
     pub destroy_drain: Duration,
-    /// Extra environment for agent processes.
+    /// Extra environment for agent processes (embedding; the binary passes its own
+    /// environment through inheritance).
     pub agent_env: BTreeMap<String, String>,
 }
 
@@ -139,12 +143,6 @@ impl NodeConfig {
         millis("KILN_RECONNECT_MAX_MS", &mut config.reconnect_max)?;
         millis("KILN_CANCEL_GRACE_MS", &mut config.cancel_grace)?;
         millis("KILN_DESTROY_DRAIN_MS", &mut config.destroy_drain)?;
-        // Settings meant for the agent and the outbox pass through to agent processes.
-        for (name, value) in &vars {
-            if name.starts_with("KILN_DEMO_") {
-                config.agent_env.insert(name.clone(), value.clone());
-            }
-        }
         Ok(config)
     }
 
