@@ -94,7 +94,10 @@ export class BoardView {
       timeAgo(task.statusChangedAt || task.updatedAt)),
     task.errorMessage ? h('div', { class: 'card-error', text: task.errorMessage }) : null,
     h('div', { class: 'card-actions' },
-      task.sessionId ? h('a', { class: 'card-link', href: `#/p/${this.state.project.id}/s/${task.sessionId}`, dataset: { action: 'open-session' } }, icon('chat'), 'Chat') : null,
+      task.sessionId ? h('a', {
+        class: 'card-link', href: `#/p/${this.state.project.id}/s/${task.sessionId}`, dataset: { action: 'open-session' },
+        title: 'Open its chat session', 'aria-label': 'Open its chat session',
+      }, icon('chat'), editable ? null : 'Chat') : null,
       editable ? h('button', { type: 'button', class: 'btn tiny', dataset: { action: 'edit' }, on: { click: (e) => { e.stopPropagation(); this.onEditTask(task); } } }, icon('edit'), 'Edit') : null,
       editable ? h('button', { type: 'button', class: 'btn tiny primary', dataset: { action: 'run' }, on: { click: stop(async () => this.state.upsertTask(await api.runTask(task.id))) } }, icon('play'), 'Run') : null),
     error);
