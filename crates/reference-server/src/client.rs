@@ -279,7 +279,10 @@ pub fn print_tasks(tasks: &[Task], out: &mut dyn Write) {
         let _ = writeln!(
             out,
             "{:<36}  {:<11}  {:<7}  {}",
-            t.id, t.status, t.attempt, t.title
+            t.id.to_string(),
+            t.status.as_str(),
+            t.attempt,
+            t.title
         );
     }
 }
@@ -299,7 +302,10 @@ pub fn print_nodes(nodes: &[Node], out: &mut dyn Write) {
         let _ = writeln!(
             out,
             "{:<36}  {:<12}  {:<6}  {:<8}  {warm}",
-            n.id, n.state, n.size, n.provider
+            n.id.to_string(),
+            n.state.as_str(),
+            n.size.as_str(),
+            n.provider
         );
     }
 }

@@ -153,10 +153,11 @@ pub(crate) async fn create(
             now,
         )
         .await?;
-    state.announce_task(&task).await;
+    // A Run Now task is announced by the runner as it queues it (never as a draft).
     let task = if body.run_now {
         state.driver.run(task.id).await?
     } else {
+        state.announce_task(&task).await;
         task
     };
     Ok((StatusCode::CREATED, Json(task)))
