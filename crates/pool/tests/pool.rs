@@ -548,6 +548,12 @@ async fn the_background_loop_expires_nodes_as_the_clock_passes_their_deadline() 
     let h = Harness::new().await;
     let node = h.node(VmSize::Small, NodeState::Active);
     h.store.insert_node(&node).await.unwrap();
+    // An orphan older than the boot grace: the sweep that runs when the loop starts takes it.
+    let orphan = h.provider.add_foreign_server(
+        kiln_core::NodeId::new(),
+        h.owner,
+        Some(h.now() - chrono::Duration::hours(1)),
+    );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let pool = h.pool.clone();
     let running = tokio::spawn(async move {
@@ -556,7 +562,10 @@ async fn the_background_loop_expires_nodes_as_the_clock_passes_their_deadline() 
         })
         .await;
     });
-    settle().await;
+    eventually("the start-up sweep destroyed the orphan", || async {
+        !h.server_exists(&orphan)
+    })
+    .await;
     h.pool.release(node.id).await.unwrap();
     settle().await;
     h.clock.advance(29 * MINUTE);

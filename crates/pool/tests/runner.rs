@@ -500,3 +500,36 @@ async fn a_task_on_a_node_that_stops_heartbeating_fails_and_the_node_is_destroye
         NodeState::Active
     );
 }
+
+#[tokio::test]
+async fn the_runner_loop_ticks_on_the_clock() {
+    let settings = Settings {
+        provisioning_timeout: 60 * MINUTE,
+        ..Settings::default()
+    };
+    let h = Harness::with(settings).await;
+    let stuck = h
+        .runner
+        .run_now(new_task(&h, "Waits forever"))
+        .await
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = h.runner.clone();
+    let running = tokio::spawn(async move {
+        runner
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    for _ in 0..30 {
+        settle().await;
+        h.clock.advance(Duration::from_secs(30));
+    }
+    eventually("the loop failed the stuck task", || async {
+        task(&h, stuck.id).await.status == TaskStatus::Failed
+    })
+    .await;
+    stop.send(()).unwrap();
+    running.await.unwrap();
+}
