@@ -61,6 +61,21 @@ test('Run Now: messages stream in live and the task completes', async (t) => {
   await phone.context.close();
 });
 
+test('submit errors are shown inline, in the submit bar', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id);
+  const error = page.locator('.composer .form-error');
+  await page.click('[data-action="run-now"]');
+  await error.waitFor();
+  assert.match(await error.textContent(), /Write what the agent should do/);
+  // The server's refusal (a description over its 200 KiB limit) lands in the same place.
+  await page.fill('.composer-text', 'x'.repeat(210 * 1024));
+  await page.click('[data-action="run-now"]');
+  await until('the server error inline', async () => /longer than/.test(await error.textContent()));
+  assert.ok(await error.isVisible());
+  await page.fill('.composer-text', '');
+});
+
 // Right after a completed run (a failed or cancelled one keeps its node for inspection).
 test('the nodes panel shows the warm node and its countdown, live', async (t) => {
   if (!serverOrSkip(t)) return;
