@@ -205,3 +205,37 @@ async fn a_banner_on_stdout_does_not_break_the_session() {
     assert_eq!(recorder.messages().len(), 6);
     host.stop().await;
 }
+
+#[tokio::test]
+async fn permission_requests_are_approved_with_the_narrowest_allow_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, recorder, mut reports) = start(dir.path(), &[]);
+    assert!(matches!(
+        next(&mut reports).await,
+        AgentReport::Started { .. }
+    ));
+    host.prompt(MessageId::new(), "Write it\nkiln-demo: ask".into());
+    assert!(matches!(
+        next(&mut reports).await,
+        AgentReport::TurnEnded {
+            stop: StopKind::EndTurn,
+            ..
+        }
+    ));
+    let done = recorder
+        .messages()
+        .into_iter()
+        .find(|m| {
+            m.tool
+                .as_ref()
+                .is_some_and(|t| t.status.as_deref() == Some("completed"))
+        })
+        .expect("the write completed");
+    assert!(
+        done.content.contains("written (permission: once)"),
+        "{}",
+        done.content
+    );
+    assert!(dir.path().join("KILN_DEMO.md").exists());
+    host.stop().await;
+}

@@ -20,8 +20,10 @@
 //! Lines of the form `kiln-demo: <directive>` override the environment for one turn:
 //! `fail crash|error|refuse`, `hang`, `messages <n>`, `write <path>` (write that path
 //! instead; a path outside the workspace shows the host's refusal as a failed tool call),
-//! `read <path>` (read a file first, as a `read` tool call) and `pr <url>` (mention a pull
-//! request in the answer, as real agents do after opening one).
+//! `read <path>` (read a file first, as a `read` tool call), `ask` (request permission
+//! before writing, offering `allow_always`, `allow_once` and `reject_once`; the chosen
+//! option is shown in the tool's output) and `pr <url>` (mention a pull request in the
+//! answer, as real agents do after opening one).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -31,10 +33,11 @@ use std::time::Duration;
 use agent_client_protocol::v1::ConnectionTo;
 use agent_client_protocol::v1::schema::{
     AgentCapabilities, CancelNotification, ContentBlock, ContentChunk, Implementation,
-    InitializeRequest, InitializeResponse, MessageId, NewSessionRequest, NewSessionResponse, Plan,
-    PlanEntry, PlanEntryPriority, PlanEntryStatus, PromptRequest, PromptResponse,
-    ReadTextFileRequest, SessionId, SessionNotification, SessionUpdate, StopReason, TextContent,
-    ToolCall, ToolCallContent, ToolCallLocation, ToolCallStatus, ToolCallUpdate,
+    InitializeRequest, InitializeResponse, MessageId, NewSessionRequest, NewSessionResponse,
+    PermissionOption, PermissionOptionKind, Plan, PlanEntry, PlanEntryPriority, PlanEntryStatus,
+    PromptRequest, PromptResponse, ReadTextFileRequest, RequestPermissionOutcome,
+    RequestPermissionRequest, SessionId, SessionNotification, SessionUpdate, StopReason,
+    TextContent, ToolCall, ToolCallContent, ToolCallLocation, ToolCallStatus, ToolCallUpdate,
     ToolCallUpdateFields, ToolKind, WriteTextFileRequest,
 };
 use agent_client_protocol::{Agent, Client};
@@ -61,6 +64,8 @@ pub struct DemoSettings {
     pub hang: bool,
     /// A pull-request URL to mention.
     pub pr_url: Option<String>,
+    /// Ask the client for permission before writing.
+    pub ask_permission: bool,
 }
 
 /// A failure the demo agent can simulate.
@@ -85,6 +90,7 @@ impl Default for DemoSettings {
             fail: None,
             hang: false,
             pr_url: None,
+            ask_permission: false,
         }
     }
 }
@@ -144,6 +150,7 @@ impl DemoSettings {
                 "write" if !rest.is_empty() => self.file = rest.into(),
                 "read" if !rest.is_empty() => self.read = Some(rest.into()),
                 "pr" if !rest.is_empty() => self.pr_url = Some(rest.into()),
+                "ask" => self.ask_permission = true,
                 _ => {}
             }
         }
@@ -454,6 +461,44 @@ impl Turn {
                 .status(ToolCallStatus::Pending)
                 .locations(vec![ToolCallLocation::new(path.to_path_buf())]),
         ))?;
+        let mut granted = String::new();
+        if self.settings.ask_permission {
+            let request = RequestPermissionRequest::new(
+                self.session.clone(),
+                ToolCallUpdate::new(
+                    id,
+                    ToolCallUpdateFields::new().title(format!("Write {}", self.settings.file)),
+                ),
+                vec![
+                    PermissionOption::new(
+                        "always",
+                        "Always allow",
+                        PermissionOptionKind::AllowAlways,
+                    ),
+                    PermissionOption::new("once", "Allow once", PermissionOptionKind::AllowOnce),
+                    PermissionOption::new("no", "Reject", PermissionOptionKind::RejectOnce),
+                ],
+            );
+            let answer = self.cx.send_request(request).block_task().await?;
+            match answer.outcome {
+                RequestPermissionOutcome::Selected(selected)
+                    if selected.option_id.0.as_ref() != "no" =>
+                {
+                    granted = format!(" (permission: {})", selected.option_id.0);
+                }
+                other => {
+                    self.send(SessionUpdate::ToolCallUpdate(ToolCallUpdate::new(
+                        id,
+                        ToolCallUpdateFields::new()
+                            .status(ToolCallStatus::Failed)
+                            .content(vec![ToolCallContent::from(format!(
+                                "permission denied: {other:?}"
+                            ))]),
+                    )))?;
+                    return Ok(false);
+                }
+            }
+        }
         let content = format!("# Kiln demo\n\nTask: {topic}\n");
         let result = self
             .cx
@@ -465,7 +510,7 @@ impl Turn {
             .block_task()
             .await;
         let (status, text, ok) = match result {
-            Ok(_) => (ToolCallStatus::Completed, "written".to_owned(), true),
+            Ok(_) => (ToolCallStatus::Completed, format!("written{granted}"), true),
             Err(e) => (ToolCallStatus::Failed, refusal_text(&e), false),
         };
         self.send(SessionUpdate::ToolCallUpdate(ToolCallUpdate::new(
