@@ -533,3 +533,38 @@ async fn the_runner_loop_ticks_on_the_clock() {
     stop.send(()).unwrap();
     running.await.unwrap();
 }
+
+#[tokio::test]
+async fn tasks_run_on_the_projects_vm_size_unless_they_override_it() {
+    let h = Harness::new().await;
+    let mut project = h.project.clone();
+    project.default_vm_size = VmSize::Medium;
+    h.store.update_project(&project).await.unwrap();
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let (default, _) = delegated(&h, "Default size").await;
+    let overridden = h
+        .runner
+        .run_now(NewTask {
+            vm_size_override: Some(VmSize::Large),
+            ..new_task(&h, "Big one")
+        })
+        .await
+        .unwrap();
+    eventually("delegated", || async {
+        task(&h, overridden.id).await.status == TaskStatus::Delegated
+    })
+    .await;
+    let size = |t: Task| {
+        let store = h.store.clone();
+        async move {
+            store
+                .get_node(t.node_id.unwrap())
+                .await
+                .unwrap()
+                .unwrap()
+                .size
+        }
+    };
+    assert_eq!(size(default).await, VmSize::Medium);
+    assert_eq!(size(task(&h, overridden.id).await).await, VmSize::Large);
+}
