@@ -18,6 +18,10 @@
 //! | `--shutdown-grace-ms` | `KILN_SHUTDOWN_GRACE_MS` | `shutdown_grace_ms` | `10000` (in-flight requests at shutdown) |
 //! | — | `NODE_WARM_TIMEOUT_MS`, `MAX_AUTO_NODE_LIFETIME_MS`, `NODE_CLEANUP_GRACE_PERIOD_MS`, `NODE_SWEEP_INTERVAL_MS`, … | `[pool]` table, same names | the pool's and runner's settings, passed through to [`kiln_pool::Settings`] (see `kiln_pool`'s documentation for each default) |
 //!
+//! Logs go to stderr, filtered by `KILN_LOG` (else `RUST_LOG`, else `info`). The operator
+//! CLI (`kiln task …`, `kiln node list`) reads `KILN_SERVER_URL` (default
+//! `http://127.0.0.1:8080`) and `KILN_TOKEN`.
+//!
 //! SQLite and PostgreSQL tuning (`KILN_SQLITE_MAX_CONNECTIONS`, `KILN_PG_…`) is read by
 //! `kiln_backends` from the environment.
 
