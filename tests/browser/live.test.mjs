@@ -96,7 +96,18 @@ test('a page opened mid-turn shows the text streamed so far, then the stored mes
   await b.page.locator(`.session-item.selected[data-session-id="${task.sessionId}"]`).waitFor();
   await until('the task to end', async () => ['completed', 'failed'].includes((await api.task(task.id)).status), { timeout: 60000 });
   assert.ok(await b.page.evaluate(() => window.__kilnSawStreaming), 'the late viewer saw text streaming');
-  const stored = (await api.messages(task.sessionId)).messages.filter((m) => m.role === 'assistant');
-  await until('one bubble per stored answer on the late page', async () => (await b.page.locator('.msg.assistant').count()) === stored.length
-    && (await b.page.locator('.msg.streaming').count()) === 0);
+  // Messages may still be on their way from the node's outbox when the task ends: compare
+  // with what is stored at each look.
+  let stored = [];
+  try {
+    await until('one bubble per stored answer on the late page', async () => {
+      stored = (await api.messages(task.sessionId)).messages.filter((m) => m.role === 'assistant');
+      return (await b.page.locator('.msg.assistant').count()) === stored.length
+        && (await b.page.locator('.msg.streaming').count()) === 0;
+    });
+  } catch (err) {
+    const shown = await b.page.locator('.message-list > *').evaluateAll((els) => els.map((e) => `${e.className}:${e.dataset.messageId || e.dataset.segmentId}`));
+    console.log(`stored: ${stored.map((m) => m.id).join(' ')}\nshown: ${shown.join(' ')}`);
+    throw err;
+  }
 });
