@@ -11,12 +11,11 @@ use agent_client_protocol::v1::ConnectionTo;
 use agent_client_protocol::v1::schema::{
     CancelNotification, ClientCapabilities, ContentBlock, CreateTerminalRequest,
     CreateTerminalResponse, FileSystemCapabilities, Implementation, InitializeRequest,
-    KillTerminalRequest, KillTerminalResponse, NewSessionRequest, PermissionOptionKind,
-    PromptRequest, PromptResponse, ReadTextFileRequest, ReadTextFileResponse,
-    ReleaseTerminalRequest, ReleaseTerminalResponse, RequestPermissionOutcome,
-    RequestPermissionRequest, RequestPermissionResponse, SelectedPermissionOutcome, StopReason,
-    TerminalOutputRequest, TerminalOutputResponse, TextContent, WaitForTerminalExitRequest,
-    WaitForTerminalExitResponse, WriteTextFileRequest, WriteTextFileResponse,
+    KillTerminalRequest, KillTerminalResponse, NewSessionRequest, PromptRequest, PromptResponse,
+    ReadTextFileRequest, ReadTextFileResponse, ReleaseTerminalRequest, ReleaseTerminalResponse,
+    RequestPermissionRequest, StopReason, TerminalOutputRequest, TerminalOutputResponse,
+    TextContent, WaitForTerminalExitRequest, WaitForTerminalExitResponse, WriteTextFileRequest,
+    WriteTextFileResponse,
 };
 use agent_client_protocol::{Agent, Client, UntypedMessage};
 use futures::future::BoxFuture;
@@ -27,6 +26,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::task::JoinHandle;
 
 use super::capture::{SessionCapture, TurnSummary};
+use super::client::{approve, read_text, refusal, write_text};
 use super::process::stop_group;
 use super::terminal::Terminals;
 use super::transport::lines_transport;
@@ -497,73 +497,6 @@ impl Session {
             }
         }
     }
-}
-
-/// The permission policy: agents in Kiln run unattended in a disposable workspace, so
-/// every request is approved with the narrowest allowing option (`allow_once` before
-/// `allow_always`); when the agent offers no allowing option the request is cancelled.
-#[must_use]
-pub fn approve(request: &RequestPermissionRequest) -> RequestPermissionResponse {
-    let choice = [
-        PermissionOptionKind::AllowOnce,
-        PermissionOptionKind::AllowAlways,
-    ]
-    .iter()
-    .find_map(|kind| request.options.iter().find(|o| o.kind == *kind));
-    match choice {
-        Some(option) => {
-            tracing::info!(option = %option.option_id.0, tool = ?request.tool_call.fields.title, "permission auto-approved");
-            RequestPermissionResponse::new(RequestPermissionOutcome::Selected(
-                SelectedPermissionOutcome::new(option.option_id.clone()),
-            ))
-        }
-        None => {
-            tracing::warn!(tool = ?request.tool_call.fields.title, "permission request without an allow option; cancelled");
-            RequestPermissionResponse::new(RequestPermissionOutcome::Cancelled)
-        }
-    }
-}
-
-fn refusal(message: String) -> agent_client_protocol::Error {
-    agent_client_protocol::Error::invalid_params().data(serde_json::Value::String(message))
-}
-
-fn read_text(
-    root: &WorkspaceRoot,
-    request: &ReadTextFileRequest,
-) -> std::result::Result<String, String> {
-    let path = root
-        .resolve_read(&request.path)
-        .map_err(|e| e.to_string())?;
-    let content =
-        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", request.path.display()))?;
-    let start = request.line.map_or(0, |l| l.saturating_sub(1) as usize);
-    if start == 0 && request.limit.is_none() {
-        return Ok(content);
-    }
-    let limit = request.limit.map_or(usize::MAX, |l| l as usize);
-    let mut out: String = content
-        .split_inclusive('\n')
-        .skip(start)
-        .take(limit)
-        .collect();
-    if out.is_empty() && content.is_empty() {
-        out = content;
-    }
-    Ok(out)
-}
-
-fn write_text(
-    root: &WorkspaceRoot,
-    request: &WriteTextFileRequest,
-) -> std::result::Result<(), String> {
-    let path = root
-        .resolve_write(&request.path)
-        .map_err(|e| e.to_string())?;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", request.path.display()))?;
-    }
-    std::fs::write(&path, &request.content).map_err(|e| format!("{}: {e}", request.path.display()))
 }
 
 async fn collect_stderr(
