@@ -126,6 +126,23 @@ test('streamed text grows in one bubble that the stored message replaces', async
   });
 });
 
+test('agent and user text is shown as text: markup in messages never becomes HTML', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id);
+  const hostile = 'Check <img src=x onerror="window.__kilnPwned=1"> and <script>window.__kilnPwned=2</script> [link](javascript:window.__kilnPwned=3)';
+  // The demo agent quotes the task's first line in its answer, so both sides carry it.
+  const task = await runNow(page, api, project.id, hostile);
+  await until('the task to complete', async () => (await headerStatus(page)) === 'completed', { timeout: 60000 });
+  await page.waitForSelector('.msg.assistant:not(.streaming)');
+  const list = page.locator('.message-list');
+  assert.equal(await list.locator('img, script, iframe, [onerror]').count(), 0, 'no element came from message text');
+  assert.equal(await list.locator('a[href^="javascript:"]').count(), 0, 'no script link');
+  assert.equal(await page.evaluate(() => window.__kilnPwned), undefined);
+  assert.match(await list.locator('.msg.user').first().textContent(), /<img src=x onerror=/);
+  assert.ok((await api.messages(task.sessionId)).messages.some((m) => m.role === 'assistant' && m.content.includes('<script>')));
+  assert.match(await list.locator('.msg.assistant').last().textContent(), /<script>window.__kilnPwned=2<\/script>/);
+});
+
 test('a failing task lands in failed, in the chat view and on the board', async (t) => {
   if (!serverOrSkip(t)) return;
   await openProject(page, project.id);
