@@ -471,6 +471,10 @@ async fn an_agent_hint_selects_the_command_and_a_broken_agent_fails_the_task() {
         error.contains("exit status: 7") && error.contains("dying"),
         "{error}"
     );
+    assert!(
+        !run.fake.events().iter().any(|e| matches!(e, WorkspaceEvent::AgentStarted { workspace_id, .. } if *workspace_id == t.workspace)),
+        "an agent that never opened a session is not reported started"
+    );
     run.stop.send_replace(true);
     let _ = run.node.await;
 }

@@ -38,6 +38,8 @@ pub(crate) struct WorkspaceActor {
     /// A terminal event was already sent for the current turn (so a crash after it is
     /// not reported twice).
     pub turn_reported: bool,
+    /// `agent_started` was reported (once per workspace: when its first ACP session opened).
+    pub started_reported: bool,
 }
 
 impl WorkspaceActor {
@@ -173,14 +175,9 @@ impl WorkspaceActor {
             self.fail(format!("workspace setup failed: {e}"));
         } else if let Err(e) = self.start_agent() {
             self.fail(format!("the agent could not start: {e}"));
-        } else {
-            self.report(WorkspaceEvent::AgentStarted {
-                workspace_id: self.id(),
-                branch: self.record.branch.clone(),
-            });
-            if let Some(p) = prompt {
-                self.send_prompt(p);
-            }
+        } else if let Some(p) = prompt {
+            // Queued by the host until the agent's session is open.
+            self.send_prompt(p);
         }
         self.run().await;
     }
@@ -264,6 +261,13 @@ impl WorkspaceActor {
             AgentReport::Started { acp_session_id } => {
                 self.record.acp_session_id = Some(acp_session_id);
                 self.save();
+                if !self.started_reported {
+                    self.started_reported = true;
+                    self.report(WorkspaceEvent::AgentStarted {
+                        workspace_id: self.id(),
+                        branch: self.record.branch.clone(),
+                    });
+                }
             }
             AgentReport::TurnEnded { stop, summary } => match stop {
                 StopKind::EndTurn if self.record.task_id.is_some() => {

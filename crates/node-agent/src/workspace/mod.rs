@@ -68,6 +68,8 @@ impl Workspaces {
     }
 
     fn actor(&self, dir: PathBuf, record: WorkspaceRecord) -> (WorkspaceActor, Handle) {
+        // A workspace found on disk had its agent start reported by the previous run.
+        let started_reported = record.status != RecordStatus::Creating;
         let (tx, rx) = mpsc::unbounded_channel();
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let agent_running = Arc::new(AtomicBool::new(false));
@@ -82,6 +84,7 @@ impl Workspaces {
             reports_tx,
             reports,
             turn_reported: false,
+            started_reported,
         };
         (actor, Handle { tx, agent_running })
     }
