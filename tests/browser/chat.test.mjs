@@ -172,6 +172,7 @@ test('Open workspace: a live view and a follow-up prompt while the agent works; 
   // Stored at once and shown live, in the conversation and in the panel's tail.
   await page.locator('.message-list .msg.user', { hasText: 'Also add a section to the README' }).waitFor({ timeout: 10000 });
   await panel.locator('.tail li', { hasText: 'Also add a section to the README' }).waitFor({ timeout: 5000 });
+  await until('the follow-up box to be cleared', async () => (await panel.locator('textarea').inputValue()) === '');
   assert.ok((await api.messages(task.sessionId)).messages.some((m) => m.role === 'user' && m.content === 'Also add a section to the README'));
   await screenshot(page, 'workspace-panel-light');
   await page.click('.session-actions [data-action="cancel"]');

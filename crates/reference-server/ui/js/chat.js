@@ -190,7 +190,36 @@ export class ChatView {
     this.workspaceOpen = open;
     this.renderHeader();
     this.renderDrawer();
-    if (open) this.drawer.querySelector('textarea')?.focus();
+    if (open) this.followupForm().querySelector('textarea').focus();
+  }
+
+  /** The follow-up form of the workspace panel, built once so a half-written prompt survives live updates. */
+  followupForm() {
+    if (this.followup) return this.followup;
+    const text = h('textarea', { class: 'input', rows: 3, placeholder: 'Send a follow-up prompt to the agent…', 'aria-label': 'Follow-up prompt' });
+    const error = h('div', { class: 'form-error', role: 'alert', hidden: true });
+    const send = h('button', { type: 'submit', class: 'btn primary small', text: 'Send' });
+    const form = h('form', {
+      class: 'followup',
+      on: {
+        submit: async (e) => {
+          e.preventDefault();
+          const sessionId = this.selectedId;
+          const prompt = text.value.trim();
+          if (!prompt || !sessionId) return;
+          send.disabled = true;
+          try {
+            await api.prompt(sessionId, prompt);
+            if (text.value.trim() === prompt) text.value = '';
+            error.hidden = true;
+          } catch (err) { error.textContent = err.message; error.hidden = false; }
+          finally { send.disabled = false; }
+        },
+      },
+    }, text, error, h('div', { class: 'followup-actions' }, h('small', { class: 'muted', text: 'Ctrl+Enter to send' }), send));
+    text.addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); } });
+    this.followup = form;
+    return form;
   }
 
   renderDrawer() {
@@ -203,31 +232,8 @@ export class ChatView {
     const node = ws ? this.state.nodes.get(ws.nodeId) : undefined;
     const tail = (this.state.messages.get(session.id)?.list || []).slice(-8);
     const deltas = this.state.deltasOf(session.id);
-    // Keep a half-written follow-up across re-renders.
-    const previous = this.drawer.querySelector('textarea');
-    const text = h('textarea', { class: 'input', rows: 3, placeholder: 'Send a follow-up prompt to the agent…', 'aria-label': 'Follow-up prompt' });
-    if (previous) text.value = previous.value;
-    const error = h('div', { class: 'form-error', role: 'alert', hidden: true });
-    const send = h('button', { type: 'submit', class: 'btn primary small', text: 'Send' });
-    const form = h('form', {
-      class: 'followup',
-      on: {
-        submit: async (e) => {
-          e.preventDefault();
-          if (!text.value.trim()) return;
-          send.disabled = true;
-          try {
-            const m = await api.prompt(session.id, text.value.trim());
-            text.value = '';
-            error.hidden = true;
-            this.state.addMessages(session.id, m.cursor ? [m] : []);
-          } catch (err) { error.textContent = err.message; error.hidden = false; }
-          finally { send.disabled = false; }
-        },
-      },
-    }, text, error, h('div', { class: 'followup-actions' }, h('small', { class: 'muted', text: 'Ctrl+Enter to send' }), send));
-    text.addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); } });
-    const focused = document.activeElement === previous;
+    const form = this.followupForm();
+    const focused = form.contains(document.activeElement) ? document.activeElement : null;
     replace(this.drawer,
       h('div', { class: 'drawer-head' }, h('h2', {}, icon('terminal'), 'Workspace'),
         h('button', { class: 'icon-btn', type: 'button', 'aria-label': 'Close workspace panel', on: { click: () => this.toggleWorkspace(false) } }, icon('x'))),
@@ -240,7 +246,7 @@ export class ChatView {
         tail.map((m) => h('li', { class: `tail-${m.role}`, text: oneLine(m) })),
         deltas.map((d) => h('li', { class: 'tail-streaming', text: `Agent: ${d.textSoFar.slice(-120)}` }))),
       form);
-    if (focused) text.focus();
+    focused?.focus();
   }
 
   renderMessages() {
