@@ -120,7 +120,7 @@ impl MessageRecorder for OutboxRecorder {
             .await
             .map_err(|e| NodeError::Outbox(e.to_string()))?;
         // The acknowledged enqueue, for audits (the chaos soak counts these as produced).
-        tracing::debug!(target: "kiln_node::produced", message = %receipt.id, %session, seq = receipt.seq, duplicate = receipt.duplicate, "message enqueued");
+        tracing::debug!(target: "kiln_node::produced", id = %receipt.id, %session, seq = receipt.seq, duplicate = receipt.duplicate, "message enqueued");
         Ok(())
     }
 }

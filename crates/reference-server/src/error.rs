@@ -162,6 +162,32 @@ impl From<QueryRejection> for ApiError {
     }
 }
 
+/// Rewrites the plain-text error answers of axum's own extractors (a path segment that is
+/// not UTF-8, for one) as JSON [`ApiError`]s, so every error has the same shape.
+pub async fn json_rejections(response: Response) -> Response {
+    let status = response.status();
+    let plain_text = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain_text {
+        return response;
+    }
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    };
+    ApiError::new(status, code, String::from_utf8_lossy(&bytes)).into_response()
+}
+
 /// `axum::Json` whose rejections are [`ApiError`]s (JSON bodies with precise statuses).
 #[derive(Debug, Clone, Copy, Default, FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]

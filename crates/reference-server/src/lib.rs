@@ -87,6 +87,7 @@ pub fn app(state: AppState) -> Router {
                 "this endpoint does not take that method",
             )
         })
+        .layer(axum::middleware::map_response(error::json_rejections))
         .layer(axum::extract::DefaultBodyLimit::max(1024 * 1024))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)

@@ -18,6 +18,15 @@ fn is_retryable_code(code: &str) -> bool {
 /// Classifies a PostgreSQL error: unique violation → conflict, connection or pool trouble →
 /// unavailable (retryable), anything else → backend.
 pub(crate) fn map_err(err: sqlx::Error) -> StoreError {
+    // Class 22, data exception (a NUL character in text, a value out of range), is the
+    // value's fault: invalid input, not a backend failure (the API answers 422, not 500).
+    if let sqlx::Error::Database(db) = &err
+        && db.code().is_some_and(|c| c.starts_with("22"))
+    {
+        return StoreError::Invalid {
+            message: db.message().to_owned(),
+        };
+    }
     classify(err, is_retryable_code)
 }
 

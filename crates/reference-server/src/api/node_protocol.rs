@@ -113,7 +113,12 @@ pub(crate) async fn hello(
         .store
         .record_heartbeat(node.id, state.clock.now())
         .await?;
-    state.driver.node_ready(node.id).await?;
+    // A warm node says hello again after a reconnect or a restart: it is already ready
+    // (marking it ready again would be refused as a conflict, and the node would retry
+    // its hello forever instead of heartbeating).
+    if node.state != NodeState::Warm {
+        state.driver.node_ready(node.id).await?;
+    }
     state
         .announce(node.owner, None, Change::Node { node_id: node.id })
         .await;
