@@ -3,7 +3,7 @@
 //! Commands wait in memory until the node acknowledges them (by polling with
 //! `after` ≥ their `seq`). A command may be issued on any replica (the runner of whichever
 //! replica handled the user's request) while the node polls another, so [`dispatch`] sends it
-//! through the store's change feed ([`Change::NodeCommand`]) and every replica's [`relay`]
+//! through the store's change feed ([`Change::NodeCommand`]) and every replica's `relay`
 //! queues it; the replica the node polls delivers it (the node applies each command once per
 //! workspace, so a copy delivered after a switch of replica does no harm). After a server
 //! restart the queue starts empty, and a node polling with an `after` beyond the new queue's
@@ -156,7 +156,7 @@ impl CommandQueues {
     }
 }
 
-/// Sends `command` to `node` through every replica's [`relay`] (the change feed). When the
+/// Sends `command` to `node` through every replica's `relay` (the change feed). When the
 /// feed cannot take it, it is queued on this replica only.
 pub async fn dispatch(
     store: &Arc<dyn Store>,

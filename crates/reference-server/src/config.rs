@@ -46,13 +46,13 @@ pub struct ServeArgs {
     /// Address the API and UI listen on. Default: 127.0.0.1:8080.
     #[arg(long, env = "KILN_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// `sqlite://path` or `postgres://…`. Default: sqlite://<data dir>/kiln.db.
+    /// `sqlite://path` or `postgres://…`. Default: `sqlite://<data dir>/kiln.db`.
     #[arg(long, env = "KILN_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// The URL nodes and browsers reach this server at. Default: http://<listen>.
+    /// The URL nodes and browsers reach this server at. Default: `http://<listen>`.
     #[arg(long, env = "KILN_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Key for signing callback tokens. Default: generated into <data dir>/secret.key.
+    /// Key for signing callback tokens. Default: generated into `<data dir>/secret.key`.
     #[arg(long, env = "KILN_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
     /// Node provider: `local`. Default: local.

@@ -1,4 +1,4 @@
-//! The HTTP API: one module per resource; [`router`] mounts them all.
+//! The HTTP API: one module per resource; `router` mounts them all.
 
 pub(crate) mod account;
 pub(crate) mod messages;
