@@ -31,6 +31,9 @@ for example in $(ls examples/*.rs 2>/dev/null | xargs -rn1 basename | sed 's/\.r
   cargo run --quiet --all-features --example "$example"
 done
 
+step "Browser tests (headless Chromium against a real kiln serve)"
+bash scripts/browser-tests.sh
+
 step "Doc tests"
 cargo test --workspace --all-features --doc
 
