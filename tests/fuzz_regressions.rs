@@ -90,3 +90,34 @@ async fn every_operation_answers_hostile_path_and_query_values_with_json_4xx() {
     println!("{checked} hostile requests, each a JSON 4xx");
     assert!(checked > 200);
 }
+
+/// Found by schemathesis (`POST /api/tokens {"expiresInSecs": 10000000000001}`): the expiry
+/// saturated at chrono's maximum and was answered as `"+262142-12-31T23:59:59.999999999Z"`,
+/// not an RFC 3339 date-time. A lifetime beyond the limit is now a 422.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_lifetimes_beyond_the_limit_are_refused_and_expiries_are_rfc3339() {
+    let dir = tempfile::tempdir().unwrap();
+    let kiln = Kiln::start(&dir.path().join("data"), None, &[]).await;
+    let token = kiln.user_token("fuzz");
+    let http = reqwest::Client::new();
+    let create = |secs: u64| {
+        http.post(format!("{}/api/tokens", kiln.base))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"name": "t", "expiresInSecs": secs}))
+            .send()
+    };
+    for secs in [10_000_000_000_001_u64, u64::MAX] {
+        let r = create(secs).await.unwrap();
+        assert_eq!(r.status(), 422, "expiresInSecs {secs}");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let r = create(365 * 24 * 3600).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let expires = v["expiresAt"].as_str().unwrap();
+    assert!(
+        expires.parse::<kiln_core::Timestamp>().is_ok() && expires.starts_with("20"),
+        "{expires}"
+    );
+}

@@ -14,6 +14,10 @@ use crate::auth::{
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
 use crate::state::AppState;
 
+/// The longest token lifetime (100 years): beyond it the expiry would leave the range of
+/// RFC 3339 timestamps.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 100 * 365 * 24 * 3600;
+
 /// Body of `POST /api/tokens`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -55,6 +59,16 @@ pub(crate) async fn create_token(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             "name must be non-empty and not a reserved name (first-run, browser)",
+        ));
+    }
+    if body
+        .expires_in_secs
+        .is_some_and(|s| s > MAX_TOKEN_LIFETIME_SECS)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("expiresInSecs must be at most {MAX_TOKEN_LIFETIME_SECS} (100 years)"),
         ));
     }
     let expires_at = body.expires_in_secs.map(|s| {
