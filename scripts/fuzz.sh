@@ -5,8 +5,11 @@
 # `kiln serve` on a free port with a temporary data dir, creates a user and API token, and
 # runs schemathesis over every operation of /api/openapi.json with the checks
 # not_a_server_error, status_code_conformance, content_type_conformance, ignored_auth and
-# response_schema_conformance, bounded in examples per operation and in wall time. Stops the
-# server. Exits non-zero on any finding.
+# response_schema_conformance, bounded in examples per operation and in wall time. Then two
+# more passes pin the path to a real node and workspace (a task whose demo
+# agent hangs) and authenticate with their callback tokens (signed with the server key), so
+# the node protocol and the messages endpoint are fuzzed past authorization (the command
+# long poll with waitMs=0). Stops the server and its nodes. Exits non-zero on any finding.
 #
 # Settings (environment):
 #   KILN_FUZZ_EXAMPLES      examples per operation              (default 40)
@@ -52,7 +55,11 @@ cleanup() {
   for f in "$data"/nodes/*/node.json; do
     [[ -f "$f" ]] || continue
     pid="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1])).get("pid",""))' "$f")"
-    [[ -n "$pid" ]] && kill -KILL -- "-$pid" 2>/dev/null || true
+    # pids are reused quickly (pid_max may be 32768): signal the group only while its leader
+    # is still a kiln-node, never a stale pid that now leads someone else's group.
+    if [[ -n "$pid" && "$pid" -gt 1 ]] && [[ "$(ps -o args= -p "$pid" 2>/dev/null | awk '{print $1}')" == */kiln-node ]]; then
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
   done
   if [[ "${KILN_FUZZ_KEEP:-0}" == "1" ]]; then
     echo "fuzz: kept $data"
@@ -89,6 +96,73 @@ timeout "$timeout_secs" "$venv/bin/st" run "$base/api/openapi.json" \
   --no-color \
   "${seed_args[@]}"
 status=$?
+
+# Second and third passes: the node protocol with a real node's token and the messages
+# endpoint with a real workspace's token, the path pinned to that node and workspace, so
+# generated bodies get past authorization and reach the handlers.
+if [[ $status -eq 0 ]]; then
+  repo="$data/repo"
+  git init -q -b main "$repo" && git -C "$repo" -c user.email=f@kiln.invalid -c user.name=f \
+    commit -q --allow-empty -m initial
+  api() { curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' "$@"; }
+  project="$(api -X POST "$base/api/projects" -d "{\"name\":\"fuzz\",\"repositoryUrl\":\"$repo\"}" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+  task="$(api -X POST "$base/api/projects/$project/tasks" \
+    -d '{"description":"Hold\nkiln-demo: hang","runNow":true}' \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+  ids=""
+  for _ in $(seq 1 600); do
+    ids="$(api "$base/api/tasks/$task" | python3 -c '
+import json, sys
+t = json.load(sys.stdin)
+if t["status"] == "in_progress":
+    print(t["nodeId"], t["workspaceId"])')"
+    [[ -n "$ids" ]] && break
+    sleep 0.1
+  done
+  if [[ -z "$ids" ]]; then
+    echo "fuzz: the task for the node-protocol pass never started"
+    status=1
+  else
+    read -r node workspace <<<"$ids"
+    sign() {
+      python3 - "$KILN_SECRET_KEY" "$@" <<'PY'
+import base64, hashlib, hmac, json, sys, time
+key, scope, node = sys.argv[1], sys.argv[2], sys.argv[3]
+claims = {"scope": scope, "node": node, "iat": int(time.time()), "exp": int(time.time()) + 3600}
+if len(sys.argv) > 4:
+    claims["workspace"] = sys.argv[4]
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+head = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+sig = hmac.new(key.encode(), head.encode(), hashlib.sha256).digest()
+print(head + "." + b64(sig))
+PY
+    }
+    printf '[parameters]\n"path.nodeId" = "%s"\n"path.workspaceId" = "%s"\n"query.waitMs" = 0\n' "$node" "$workspace" \
+      >"$data/schemathesis.toml"
+    for pass in node workspace; do
+      if [[ $pass == node ]]; then
+        callback="$(sign node "$node")"
+        filter=(--include-path-regex '^/api/nodes/\{nodeId\}/(hello|heartbeat|commands|events|deltas)$')
+      else
+        callback="$(sign workspace "$node" "$workspace")"
+        filter=(--include-path-regex '^/api/workspaces/\{workspaceId\}/messages$')
+      fi
+      echo "fuzz: $pass-token pass (node $node, workspace $workspace)"
+      timeout "$timeout_secs" "$venv/bin/st" --config-file "$data/schemathesis.toml" run \
+        "$base/api/openapi.json" \
+        --url "$base" \
+        --header "Authorization: Bearer $callback" \
+        --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+        --max-examples "$examples" \
+        --request-timeout "$request_secs" \
+        --phases examples,coverage,fuzzing \
+        "${filter[@]}" \
+        --no-color \
+        "${seed_args[@]}" || status=$?
+    done
+  fi
+fi
 set -e
 if grep -q "panicked" "$data/kiln.log"; then
   echo "fuzz: the server panicked:"
