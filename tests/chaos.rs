@@ -146,6 +146,12 @@ impl Server {
             // frequent so the final orphan check needs little waiting.
             .env("NODE_WARM_TIMEOUT_MS", "3600000")
             .env("NODE_SWEEP_INTERVAL_MS", "1000")
+            // A task left `queued` by a server restart is not resumed by the new process (a
+            // known gap, see the summary's "stranded" count): the runner's own safety net
+            // fails it after this limit, so the soak ends with every task terminal.
+            .env("TASK_QUEUED_TIMEOUT_MS", "30000")
+            .env("TASK_DELEGATED_TIMEOUT_MS", "30000")
+            .env("NODE_PROVISIONING_TIMEOUT_MS", "15000")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
         if let Some(url) = &self.database_url {
@@ -315,6 +321,15 @@ impl Collector {
     }
 }
 
+/// Clears the flag when dropped.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Faults injected, by kind.
 #[derive(Default, Debug)]
 struct Faults {
@@ -371,29 +386,43 @@ fn crash_and_restart_node(data: &Path, rng: &mut Rng, restarted: &mut Restarted)
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let Ok(log) = std::fs::OpenOptions::new()
-        .append(true)
-        .open(dir.join("node.log"))
-    else {
-        return false; // destroyed meanwhile
-    };
-    let mut cmd = Command::new(bin_dir().join("kiln-node"));
-    cmd.env_clear();
-    for var in environ.split(|b| *b == 0).filter(|v| !v.is_empty()) {
-        let var = String::from_utf8_lossy(var);
-        if let Some((k, v)) = var.split_once('=') {
-            cmd.env(k, v);
+    // Like a service manager's restart policy: a node that exits at once (its outbox lock
+    // still held for a moment by a dying process) is started again, up to 20 times.
+    let mut child = None;
+    for _ in 0..20 {
+        let Ok(log) = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("node.log"))
+        else {
+            return false; // destroyed meanwhile
+        };
+        let mut cmd = Command::new(bin_dir().join("kiln-node"));
+        cmd.env_clear();
+        for var in environ.split(|b| *b == 0).filter(|v| !v.is_empty()) {
+            let var = String::from_utf8_lossy(var);
+            if let Some((k, v)) = var.split_once('=') {
+                cmd.env(k, v);
+            }
         }
+        let Ok(mut c) = cmd
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .process_group(0)
+            .spawn()
+        else {
+            return false;
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        if c.try_wait().unwrap().is_none() {
+            child = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
-    let Ok(child) = cmd
-        .current_dir(&dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .process_group(0)
-        .spawn()
-    else {
-        return false;
+    let Some(child) = child else {
+        panic!("kiln-node in {} did not start again", dir.display());
     };
     file["pid"] = json!(child.id());
     if std::fs::write(dir.join("node.json"), file.to_string()).is_err() {
@@ -467,22 +496,30 @@ async fn recovered(
     token: &str,
     since: chrono_like::Instant,
     limit: Duration,
-) -> Option<Duration> {
+) -> Result<Duration, Vec<Value>> {
     let started = Instant::now();
-    while started.elapsed() < limit {
+    loop {
         let nodes = get(http, base, token, "/api/nodes?state=active,warm").await;
-        let all = nodes.as_array().unwrap().iter().all(|n| {
-            n["lastHeartbeatAt"]
-                .as_str()
-                .and_then(chrono_like::parse)
-                .is_some_and(|t| t >= since)
-        });
-        if all {
-            return Some(started.elapsed());
+        let behind: Vec<Value> = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| {
+                !n["lastHeartbeatAt"]
+                    .as_str()
+                    .and_then(chrono_like::parse)
+                    .is_some_and(|t| t >= since)
+            })
+            .cloned()
+            .collect();
+        if behind.is_empty() {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > limit {
+            return Err(behind);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    None
 }
 
 /// RFC 3339 timestamps as seconds since the epoch, enough to compare with the wall clock.
@@ -629,6 +666,9 @@ async fn soak(database_url: Option<String>, label: &str) {
     // The collector runs throughout.
     let collector = Arc::new(Mutex::new(Collector::default()));
     let scanning = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Stops the collector however the soak ends (a panic too, else the runtime's shutdown
+    // would wait for it forever).
+    let _stop_scanning = StopOnDrop(scanning.clone());
     let scan_task = {
         let (c, d, on) = (collector.clone(), data.clone(), scanning.clone());
         tokio::task::spawn_blocking(move || {
@@ -717,18 +757,24 @@ async fn soak(database_url: Option<String>, label: &str) {
         }
         *faults.by_kind.entry(kind).or_default() += 1;
         let healed = chrono_like::now();
-        if let Some(took) = recovered(&http, &base, &token, healed, Duration::from_secs(60)).await {
-            println!(
-                "  t+{:5.1} s  {kind:<24} recovered in {:6.0} ms",
-                fault_start.elapsed().as_secs_f64(),
-                took.as_secs_f64() * 1e3
-            );
-            faults.recovery.push(took);
-        } else {
-            panic!(
-                "no recovery within 60 s after {kind}:\n{}",
-                server.log_tail()
-            );
+        match recovered(&http, &base, &token, healed, Duration::from_secs(60)).await {
+            Ok(took) => {
+                println!(
+                    "  t+{:5.1} s  {kind:<24} recovered in {:6.0} ms",
+                    fault_start.elapsed().as_secs_f64(),
+                    took.as_secs_f64() * 1e3
+                );
+                faults.recovery.push(took);
+            }
+            Err(behind) => {
+                let kept = dir.keep();
+                panic!(
+                    "no recovery within 60 s after {kind}; nodes without a heartbeat since: \
+                     {behind:#?}\nserver log tail:\n{}\n(data kept in {})",
+                    server.log_tail(),
+                    kept.display()
+                );
+            }
         }
         requests += 1;
     }
@@ -852,34 +898,54 @@ async fn soak(database_url: Option<String>, label: &str) {
             .sum::<usize>();
     }
 
-    // Nodes: the provider's (live processes) against the store's, after one sweep.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let store_nodes = get(&http, &base, &token, "/api/nodes").await;
-    let store_live: HashSet<String> = store_nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| !["destroyed", "failed"].contains(&n["state"].as_str().unwrap()))
-        .map(|n| n["id"].as_str().unwrap().to_owned())
-        .collect();
-    let provider_live: HashSet<String> = node_files(&data)
-        .into_iter()
-        .filter(|(_, f)| f["pid"].as_u64().is_some_and(alive))
-        .map(|(_, f)| f["nodeId"].as_str().unwrap().to_owned())
-        .collect();
-    let orphans: Vec<&String> = provider_live.difference(&store_live).collect();
-    let ghosts: Vec<&String> = store_live.difference(&provider_live).collect();
+    // Nodes: the provider's (live processes) against the store's, once the sweep has run
+    // with its timeouts (a node record left `provisioning` by a server killed before the
+    // provider started the process is failed by the provisioning timeout).
+    let converge = Instant::now();
+    let (provider_live, store_live, orphans, ghosts) = loop {
+        let store_nodes = get(&http, &base, &token, "/api/nodes").await;
+        let store_live: HashSet<String> = store_nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| !["destroyed", "failed"].contains(&n["state"].as_str().unwrap()))
+            .map(|n| n["id"].as_str().unwrap().to_owned())
+            .collect();
+        let provider_live: HashSet<String> = node_files(&data)
+            .into_iter()
+            .filter(|(_, f)| f["pid"].as_u64().is_some_and(alive))
+            .map(|(_, f)| f["nodeId"].as_str().unwrap().to_owned())
+            .collect();
+        let orphans: Vec<String> = provider_live.difference(&store_live).cloned().collect();
+        let ghosts: Vec<String> = store_live.difference(&provider_live).cloned().collect();
+        if (orphans.is_empty() && ghosts.is_empty()) || converge.elapsed() > Duration::from_secs(45)
+        {
+            break (provider_live, store_live, orphans, ghosts);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let nodes_converged = converge.elapsed();
 
     let mut rec = faults.recovery.clone();
     rec.sort();
     let by_status = |s: &str| final_tasks.iter().filter(|t| t["status"] == s).count();
+    // Failed on a transient-state limit: stranded by a restart, failed by the safety net.
+    let stranded = final_tasks
+        .iter()
+        .filter(|t| {
+            t["status"] == "failed"
+                && t["errorMessage"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("queued") || m.contains("delegated"))
+        })
+        .count();
     let table = format!(
         "\n== chaos soak summary [{label}] (seed {seed}) ==\n\
          | load            | {inflight} tasks in flight, {tasks} tasks run, {msgs} answer msgs/turn, {secs:.0} s of faults, {fr} fault rounds |\n\
          | faults          | {faults:?} |\n\
-         | tasks           | completed {c}, failed {f}, cancelled {x}, stuck {stuck} (all terminal {all:.1} s after faults) |\n\
+         | tasks           | completed {c}, failed {f} (stranded by a restart {stranded}), cancelled {x}, stuck {stuck} (all terminal {all:.1} s after faults) |\n\
          | messages        | produced {produced} / stored {stored_n} / lost {lost} / duplicated {dup} / out of order {ooo} |\n\
-         | nodes           | provider {pl} live / store {sl} live / orphans {o} / ghosts {g} |\n\
+         | nodes           | provider {pl} live / store {sl} live / orphans {o} / ghosts {g} (agreed {nc:.1} s after the tasks) |\n\
          | recovery        | p50 {p50:.0} ms / p99 {p99:.0} ms / max {max:.0} ms over {n} faults |\n\
          | wall time       | {wall:.1} s |\n",
         seed = plan.seed,
@@ -903,6 +969,7 @@ async fn soak(database_url: Option<String>, label: &str) {
         sl = store_live.len(),
         o = orphans.len(),
         g = ghosts.len(),
+        nc = nodes_converged.as_secs_f64(),
         p50 = percentile(&rec, 0.5).as_secs_f64() * 1e3,
         p99 = percentile(&rec, 0.99).as_secs_f64() * 1e3,
         max = rec.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
@@ -918,6 +985,7 @@ async fn soak(database_url: Option<String>, label: &str) {
         || !ghosts.is_empty();
     if failed {
         eprintln!("--- server log tail ---\n{}", server.log_tail());
+        eprintln!("(data kept in {})", dir.keep().display());
     }
     assert!(!produced.is_empty(), "the agents produced messages");
     assert!(
