@@ -27,6 +27,7 @@ mod e2e_support;
 mod proxy;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -228,7 +229,10 @@ impl Drop for Server {
         self.stop("KILL");
         // Local nodes run in their own process groups: stop every one still there.
         for (_, file) in node_files(&self.data) {
-            if let Some(pid) = file["pid"].as_u64() {
+            if let Some(pid) = file["pid"]
+                .as_u64()
+                .filter(|pid| is_node_group_leader(*pid))
+            {
                 let _ = Command::new("kill")
                     .args(["-KILL", "--"])
                     .arg(format!("-{pid}"))
@@ -256,6 +260,24 @@ fn node_files(data: &Path) -> Vec<(PathBuf, Value)> {
 }
 
 /// Whether `pid` is a live (not zombie) process.
+/// Whether `pid` is a live `kiln-node` leading its own process group. Pids are reused quickly
+/// (pid_max can be 32768), so a pid read from a `node.json` is signalled as a group only after
+/// this check: a stale pid may by now lead another process group (a test runner, a shell).
+fn is_node_group_leader(pid: u64) -> bool {
+    let is_node = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        Path::new(std::ffi::OsStr::from_bytes(argv0)).file_name()
+            == Some(std::ffi::OsStr::new("kiln-node"))
+    });
+    // /proc/<pid>/stat: "pid (comm) state ppid pgrp …"
+    let leads_group = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(2).map(str::to_owned))
+            .is_some_and(|pgrp| pgrp == pid.to_string())
+    });
+    is_node && leads_group && alive(pid)
+}
+
 fn alive(pid: u64) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !matches!(
@@ -363,7 +385,7 @@ impl Drop for Restarted {
 fn crash_and_restart_node(data: &Path, rng: &mut Rng, restarted: &mut Restarted) -> bool {
     let live: Vec<(PathBuf, Value)> = node_files(data)
         .into_iter()
-        .filter(|(_, f)| f["pid"].as_u64().is_some_and(alive))
+        .filter(|(_, f)| f["pid"].as_u64().is_some_and(is_node_group_leader))
         .collect();
     if live.is_empty() {
         return false;
@@ -913,7 +935,7 @@ async fn soak(database_url: Option<String>, label: &str) {
             .collect();
         let provider_live: HashSet<String> = node_files(&data)
             .into_iter()
-            .filter(|(_, f)| f["pid"].as_u64().is_some_and(alive))
+            .filter(|(_, f)| f["pid"].as_u64().is_some_and(is_node_group_leader))
             .map(|(_, f)| f["nodeId"].as_str().unwrap().to_owned())
             .collect();
         let orphans: Vec<String> = provider_live.difference(&store_live).cloned().collect();
