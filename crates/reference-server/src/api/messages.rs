@@ -29,6 +29,9 @@ use crate::tokens::TokenScope;
 
 /// The largest accepted body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// Bodies over [`MAX_BODY_BYTES`] but up to this size are read to the end before the 413.
+const DRAIN_LIMIT_BYTES: usize = 1024 * 1024;
 /// The most messages in one batch.
 pub const MAX_BATCH: usize = 100;
 
@@ -123,16 +126,21 @@ pub(crate) async fn post(
             format!("the body exceeds {MAX_BODY_BYTES} bytes; send smaller batches"),
         )
     };
-    if headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n > MAX_BODY_BYTES)
-    {
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT_BYTES) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+    // Read up to the drain limit even when the body is over the limit, so the sender finishes
+    // writing and reads the 413 (an outbox then splits the batch) instead of a reset
+    // connection, which it would take for a network error and retry as is.
+    let bytes = axum::body::to_bytes(body, DRAIN_LIMIT_BYTES)
         .await
         .map_err(|_| too_large())?;
+    if bytes.len() > MAX_BODY_BYTES {
+        return Err(too_large());
+    }
     // 4. Shape.
     let value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))?;
