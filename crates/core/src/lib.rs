@@ -41,6 +41,7 @@ pub mod model;
 pub mod node;
 pub mod protocol;
 pub mod provider;
+pub mod secret;
 pub mod sink;
 pub mod store;
 pub mod task;

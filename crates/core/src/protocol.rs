@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{MessageId, NodeId, ProjectId, SessionId, TaskId, WorkspaceId};
+use crate::secret::Secret;
 
 /// How a node's outbox is doing, carried in heartbeats.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +108,11 @@ pub enum NodeCommand {
         callback_token: String,
         /// Which agent to run, if the task asked for one.
         agent_hint: Option<String>,
+        /// The project's git token, if it has one: `kiln-node` hands it to git only through
+        /// its credential helper, for clone and push. It travels only on this node's own
+        /// command channel, never through the replicas' change feed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        git_token: Option<Secret>,
     },
     /// Send a follow-up prompt to the workspace's agent.
     Prompt {

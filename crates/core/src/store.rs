@@ -246,8 +246,8 @@ pub enum Change {
     NodeCommand {
         /// The node.
         node_id: NodeId,
-        /// The command.
-        command: crate::protocol::NodeCommand,
+        /// The command (boxed: it is much larger than the other changes).
+        command: Box<crate::protocol::NodeCommand>,
     },
 }
 

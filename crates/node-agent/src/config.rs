@@ -23,6 +23,7 @@ use crate::error::{NodeError, Result};
 /// | `KILN_RECONNECT_INITIAL_MS` / `KILN_RECONNECT_MAX_MS` | backoff while the control plane is down | `500` / `30000` |
 /// | `KILN_CANCEL_GRACE_MS` | how long an agent gets to end a cancelled turn before it is killed | `10000` |
 /// | `KILN_DESTROY_DRAIN_MS` | how long destroying a workspace (or stopping the node) waits for undelivered messages | `10000` |
+/// | `KILN_NODE_EXE` | the `kiln-node` executable git runs as its credential helper ([`crate::credentials`]) | this executable when it is `kiln-node`, else `kiln-node` next to it, else from `PATH` |
 ///
 /// Agent processes inherit the node's environment (without `CALLBACK_TOKEN`), so settings
 /// such as an agent's API key or the demo agent's `KILN_DEMO_*` are set on the node.
@@ -55,6 +56,8 @@ pub struct NodeConfig {
     /// Extra environment for agent processes (embedding; the binary passes its own
     /// environment through inheritance).
     pub agent_env: BTreeMap<String, String>,
+    /// The `kiln-node` executable git runs as its credential helper.
+    pub git_credential_helper: PathBuf,
 }
 
 impl NodeConfig {
@@ -80,6 +83,7 @@ impl NodeConfig {
             cancel_grace: Duration::from_millis(10_000),
             destroy_drain: Duration::from_millis(10_000),
             agent_env: BTreeMap::new(),
+            git_credential_helper: default_node_exe(),
         }
     }
 
@@ -137,6 +141,9 @@ impl NodeConfig {
             }
             Ok(())
         };
+        if let Some(exe) = vars.get("KILN_NODE_EXE").filter(|v| !v.trim().is_empty()) {
+            config.git_credential_helper = PathBuf::from(exe.trim());
+        }
         millis("KILN_HEARTBEAT_INTERVAL_MS", &mut config.heartbeat_interval)?;
         millis("KILN_POLL_WAIT_MS", &mut config.poll_wait)?;
         millis("KILN_RECONNECT_INITIAL_MS", &mut config.reconnect_initial)?;
@@ -159,6 +166,23 @@ impl NodeConfig {
     pub fn workspaces_dir(&self) -> PathBuf {
         self.data_dir.join("workspaces")
     }
+
+    /// Where the short-lived credential sockets live (mode 0700).
+    #[must_use]
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.data_dir.join("run")
+    }
+}
+
+/// This executable when it is `kiln-node`, else `kiln-node` next to it (or one directory
+/// up), else plain `kiln-node` from `PATH`.
+#[must_use]
+pub fn default_node_exe() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .filter(|exe| exe.file_stem().is_some_and(|s| s == "kiln-node"))
+        .or_else(|| sibling_binary("kiln-node"))
+        .unwrap_or_else(|| PathBuf::from("kiln-node"))
 }
 
 /// The `kiln-demo-agent` binary next to the current executable (or, for test binaries in

@@ -36,6 +36,14 @@ pub enum NodeError {
         /// Its stderr, shortened.
         message: String,
     },
+    /// The git server refused the credentials (or asked for some and there were none).
+    #[error("git {command} refused: authentication failed for {url}")]
+    GitAuth {
+        /// The git subcommand.
+        command: String,
+        /// The repository URL, without user information.
+        url: String,
+    },
     /// The agent process could not be started or broke the protocol.
     #[error("agent error: {0}")]
     Agent(String),

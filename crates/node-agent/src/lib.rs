@@ -106,12 +106,14 @@
 pub mod acp;
 pub mod config;
 pub mod control;
+pub mod credentials;
 pub mod demo;
 pub mod error;
 pub mod events;
 pub mod node;
 pub mod outbox;
 pub mod recorder;
+pub mod redact;
 pub mod routes;
 pub mod workspace;
 

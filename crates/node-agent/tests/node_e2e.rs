@@ -108,6 +108,7 @@ fn task_command(repo: &Path, prompt: &str) -> TaskCommand {
         }),
         callback_token: format!("ws-token-{workspace}"),
         agent_hint: None,
+        git_token: None,
     };
     TaskCommand {
         workspace,
@@ -297,6 +298,7 @@ async fn an_existing_branch_gets_a_suffix_and_a_failed_push_is_a_warning() {
         prompt,
         callback_token,
         agent_hint,
+        git_token: None,
         repository_url: bare.display().to_string(),
     });
     let done = run
@@ -497,6 +499,7 @@ async fn a_chat_keeps_its_session_between_prompts_and_no_project_persists_nothin
         }),
         callback_token: "chat-token".into(),
         agent_hint: None,
+        git_token: None,
     });
     run.fake
         .wait_for(10, "first answer", |i| {

@@ -77,6 +77,7 @@ async fn sigkill_mid_stream_and_restart_loses_and_duplicates_nothing() {
         }),
         callback_token: "ws-token".into(),
         agent_hint: None,
+        git_token: None,
     });
     // Mid-stream of delivery: the agent has finished (its process is stopped, so the kill
     // leaves no orphan), one batch was delivered and the rest waits in the outbox.

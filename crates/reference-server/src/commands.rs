@@ -170,6 +170,11 @@ pub async fn dispatch(
         .ok_or_else(|| StoreError::not_found("node", node))?
         .owner;
     let mut relayed = command.clone();
+    if let NodeCommand::CreateWorkspace { git_token, .. } = &mut relayed {
+        // The feed (PostgreSQL NOTIFY between replicas) never carries a secret; the
+        // replica that queues the command reads the token back ([`refill`]).
+        *git_token = None;
+    }
     if serde_json::to_vec(&relayed).map_or(0, |v| v.len()) > MAX_FEED_COMMAND_BYTES {
         match &mut relayed {
             NodeCommand::CreateWorkspace {
@@ -184,7 +189,7 @@ pub async fn dispatch(
         project_id: None,
         change: Change::NodeCommand {
             node_id: node,
-            command: relayed,
+            command: Box::new(relayed),
         },
     };
     if let Err(err) = store.publish(&event).await {
@@ -253,7 +258,7 @@ async fn relay(
                 if let Err(err) = refill(&store, &mut command).await {
                     tracing::warn!(node = %node_id, %err, "could not read back a relayed prompt");
                 }
-                queues.push(node_id, command);
+                queues.push(node_id, *command);
             }
             Change::Node { node_id } => {
                 if let Ok(Some(node)) = store.get_node(node_id).await

@@ -184,6 +184,7 @@ impl WorkspaceController for NodeController {
                 prompt: Some(request.prompt.clone()),
                 callback_token: token,
                 agent_hint: request.agent_hint.clone(),
+                git_token: None,
             },
         )
         .await

@@ -16,6 +16,10 @@
 //! A segment of aggregated text ends when a different kind of update arrives, when the
 //! agent starts a new message id, or when the turn ends. While it streams, its text is also
 //! offered as [`MessageDelta`]s whose `segment_id` is the id the message will be stored under.
+//!
+//! Known secret values ([`with_redactor`](SessionCapture::with_redactor)) are replaced by
+//! `[redacted]` in everything recorded (content, tool targets, the turn's summary and pull
+//! request) and in deltas, which hold back text that could be the start of a secret.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +34,7 @@ use kiln_core::{ChatMessage, LifecycleClock, MessageId, Role, SessionId, ToolMet
 use serde_json::Value;
 
 use crate::recorder::{DeltaSender, MessageRecorder};
+use crate::redact::{Redactor, StreamRedactor};
 
 /// The longest tool output kept in a tool message, in bytes.
 const TOOL_OUTPUT_MAX_BYTES: usize = 4096;
@@ -47,6 +52,8 @@ struct Segment {
     id: MessageId,
     text: String,
     acp_message_id: Option<String>,
+    /// The redaction of the streamed deltas.
+    stream: StreamRedactor,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +82,7 @@ pub struct SessionCapture {
     deltas: Option<DeltaSender>,
     clock: Arc<dyn LifecycleClock>,
     root: Option<PathBuf>,
+    redactor: Redactor,
     open: Option<Segment>,
     tools: HashMap<String, ToolState>,
     last_assistant: Option<String>,
@@ -99,6 +107,7 @@ impl SessionCapture {
             deltas: None,
             clock,
             root: None,
+            redactor: Redactor::default(),
             open: None,
             tools: HashMap::new(),
             last_assistant: None,
@@ -111,6 +120,13 @@ impl SessionCapture {
     #[must_use]
     pub fn with_deltas(mut self, deltas: DeltaSender) -> Self {
         self.deltas = Some(deltas);
+        self
+    }
+
+    /// Replace these secret values by `[redacted]` in everything recorded and streamed.
+    #[must_use]
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
         self
     }
 
@@ -209,6 +225,7 @@ impl SessionCapture {
                 id: MessageId::new(),
                 text: String::new(),
                 acp_message_id: acp_id,
+                stream: self.redactor.stream(),
             });
         }
         let Some(segment) = self.open.as_mut() else {
@@ -218,6 +235,10 @@ impl SessionCapture {
         if kind != SegmentKind::User
             && let (Some(deltas), Some(session_id)) = (&self.deltas, self.session_id)
         {
+            let text = segment.stream.push(&text);
+            if text.is_empty() {
+                return;
+            }
             deltas.offer(MessageDelta {
                 workspace_id: self.workspace_id,
                 session_id,
@@ -234,18 +255,19 @@ impl SessionCapture {
         if segment.text.trim().is_empty() {
             return;
         }
+        let text = self.redactor.redact(&segment.text);
         let (role, tool) = match segment.kind {
             SegmentKind::User => (Role::User, None),
             SegmentKind::Assistant => {
-                if let Some(url) = find_pr_url(&segment.text) {
+                if let Some(url) = find_pr_url(&text) {
                     self.pr_url = Some(url);
                 }
-                self.last_assistant = Some(segment.text.clone());
+                self.last_assistant = Some(text.clone());
                 (Role::Assistant, None)
             }
             SegmentKind::Thought => (Role::System, Some(marker("thought"))),
         };
-        self.record(segment.id, role, segment.text, tool).await;
+        self.record(segment.id, role, text, tool).await;
     }
 
     async fn tool_call(&mut self, call: ToolCall) {
@@ -335,10 +357,20 @@ impl SessionCapture {
             .await;
     }
 
-    async fn record(&mut self, id: MessageId, role: Role, content: String, tool: Option<ToolMeta>) {
+    async fn record(
+        &mut self,
+        id: MessageId,
+        role: Role,
+        content: String,
+        mut tool: Option<ToolMeta>,
+    ) {
         let Some(session_id) = self.session_id else {
             return;
         };
+        let content = self.redactor.redact(&content);
+        if let Some(target) = tool.as_mut().and_then(|t| t.target.as_mut()) {
+            *target = self.redactor.redact(target);
+        }
         let message = ChatMessage {
             id,
             session_id,
@@ -470,7 +502,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::recorder::MemoryRecorder;
+    use crate::recorder::{DeltaSender, MemoryRecorder};
 
     fn capture(session: Option<SessionId>) -> (SessionCapture, MemoryRecorder) {
         let recorder = MemoryRecorder::new();
@@ -568,6 +600,63 @@ mod tests {
                     tool("plan", None, None)
                 ),
             ]
+        );
+    }
+
+    /// A secret the agent echoes (split across chunks, in a thought, a tool's target and
+    /// output, a plan) is redacted in every recorded message, in the summary and in the
+    /// deltas.
+    #[tokio::test]
+    async fn echoed_secrets_are_redacted_in_messages_summary_and_deltas() {
+        let secret = "ghp_SuperSecretToken42";
+        let (tx, mut rx) = tokio::sync::mpsc::channel(100);
+        let (capture, recorder) = capture(Some(SessionId::new()));
+        let mut capture = capture
+            .with_redactor(Redactor::new([secret]))
+            .with_deltas(DeltaSender::new(tx));
+        capture
+            .user_prompt(MessageId::new(), &format!("use {secret}"))
+            .await;
+        for piece in [
+            "The token is ghp_Sup",
+            "erSecret",
+            "Token42, see ",
+            "https://x/pull/1",
+        ] {
+            capture
+                .apply_raw(&update(json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": piece}})))
+                .await;
+        }
+        let raw = [
+            json!({"sessionUpdate": "agent_thought_chunk", "content": {"type": "text", "text": secret}}),
+            json!({"sessionUpdate": "tool_call", "toolCallId": "t1", "title": format!("echo {secret}"), "kind": "execute", "rawInput": {"command": format!("echo {secret}")}}),
+            json!({"sessionUpdate": "tool_call_update", "toolCallId": "t1", "status": "completed", "content": [{"type": "content", "content": {"type": "text", "text": secret}}]}),
+            json!({"sessionUpdate": "plan", "entries": [{"content": secret, "priority": "high", "status": "pending"}]}),
+            json!({"sessionUpdate": "agent_message_chunk", "content": {"type": "text", "text": format!("Done: {secret}")}}),
+        ];
+        for u in raw {
+            capture.apply_raw(&update(u)).await;
+        }
+        let summary = capture.finish_turn().await;
+        let messages = recorder.messages();
+        assert_eq!(messages.len(), 7, "{messages:#?}");
+        for m in &messages {
+            let seen = format!("{} {:?}", m.content, m.tool);
+            assert!(!seen.contains("Secret"), "{seen}");
+        }
+        assert_eq!(
+            messages[1].content,
+            "The token is [redacted], see https://x/pull/1"
+        );
+        assert_eq!(summary.summary.as_deref(), Some("Done: [redacted]"));
+        let mut streamed = String::new();
+        while let Ok(delta) = rx.try_recv() {
+            assert!(!delta.text.contains("Secret"), "{delta:?}");
+            streamed.push_str(&delta.text);
+        }
+        assert!(
+            streamed.starts_with("The token is [redacted], see "),
+            "{streamed}"
         );
     }
 

@@ -1,11 +1,24 @@
 //! `kiln-node`: the agent host on a node. Configured by environment variables; see
 //! [`kiln_node::config::NodeConfig`]. Exits 0 when the control plane stops the node.
+//!
+//! `kiln-node git-credential <action>` is the git credential helper `kiln-node` gives its own
+//! git commands ([`kiln_node::credentials`]); it is not meant to be run by hand.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    if args.next().as_deref() == Some(kiln_node::credentials::HELPER_SUBCOMMAND) {
+        // Git's credential helper: stdout is the answer to git, so nothing else goes there.
+        let action = args.next();
+        return ExitCode::from(kiln_node::credentials::run_helper(
+            action.as_deref(),
+            &mut std::io::stdin(),
+            &mut std::io::stdout(),
+        ));
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(

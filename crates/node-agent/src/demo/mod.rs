@@ -14,6 +14,7 @@
 //! | `KILN_DEMO_FILE` | the file it writes, relative to the workspace | `KILN_DEMO.md` |
 //! | `KILN_DEMO_FAIL` | `crash` (exit mid-answer), `error` (the prompt fails), `refuse` (stop reason `refusal`) | unset |
 //! | `KILN_DEMO_HANG` | `1`: after the plan, wait until cancelled | unset |
+//! | `KILN_DEMO_SAY` | text it also says, in a thought and in its answer (tests use it to play an agent that echoes a secret it came across) | unset |
 //!
 //! ## Directives in the prompt
 //!
@@ -22,8 +23,8 @@
 //! instead; a path outside the workspace shows the host's refusal as a failed tool call),
 //! `read <path>` (read a file first, as a `read` tool call), `ask` (request permission
 //! before writing, offering `allow_always`, `allow_once` and `reject_once`; the chosen
-//! option is shown in the tool's output) and `pr <url>` (mention a pull request in the
-//! answer, as real agents do after opening one).
+//! option is shown in the tool's output), `pr <url>` (mention a pull request in the
+//! answer, as real agents do after opening one) and `say <text>` (as `KILN_DEMO_SAY`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -66,6 +67,8 @@ pub struct DemoSettings {
     pub pr_url: Option<String>,
     /// Ask the client for permission before writing.
     pub ask_permission: bool,
+    /// Text to say as well, in a thought and in the answer.
+    pub say: Option<String>,
 }
 
 /// A failure the demo agent can simulate.
@@ -91,6 +94,7 @@ impl Default for DemoSettings {
             hang: false,
             pr_url: None,
             ask_permission: false,
+            say: None,
         }
     }
 }
@@ -121,6 +125,7 @@ impl DemoSettings {
                 "KILN_DEMO_FILE" if !value.trim().is_empty() => s.file = value.trim().into(),
                 "KILN_DEMO_FAIL" => s.fail = parse_failure(&value),
                 "KILN_DEMO_HANG" => s.hang = matches!(value.trim(), "1" | "true" | "yes"),
+                "KILN_DEMO_SAY" if !value.is_empty() => s.say = Some(value),
                 _ => {}
             }
         }
@@ -151,6 +156,7 @@ impl DemoSettings {
                 "read" if !rest.is_empty() => self.read = Some(rest.into()),
                 "pr" if !rest.is_empty() => self.pr_url = Some(rest.into()),
                 "ask" => self.ask_permission = true,
+                "say" if !rest.is_empty() => self.say = Some(rest.into()),
                 _ => {}
             }
         }
@@ -366,6 +372,13 @@ impl Turn {
         {
             return Ok(StopReason::Cancelled);
         }
+        if let Some(say) = self.settings.say.clone()
+            && self
+                .stream(&format!("I came across this: {say}"), None, true)
+                .await?
+        {
+            return Ok(StopReason::Cancelled);
+        }
         if self.settings.hang {
             let _ = self.cancel.wait_for(|c| *c).await;
             return Ok(StopReason::Cancelled);
@@ -400,6 +413,9 @@ impl Turn {
             };
             if self.settings.messages > 1 {
                 answer = format!("({n}/{}) {answer}", self.settings.messages);
+            }
+            if let Some(say) = &self.settings.say {
+                answer.push_str(&format!(" By the way: {say}."));
             }
             if n == self.settings.messages.max(1)
                 && let Some(url) = &self.settings.pr_url

@@ -12,8 +12,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::record::{RecordStatus, WorkspaceRecord};
 use super::{NodeShared, git};
 use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind, TurnSummary};
-use crate::error::Result;
+use crate::credentials::GitCredential;
+use crate::error::{NodeError, Result};
 use crate::recorder::MessageRecorder;
+use crate::redact::Redactor;
 use crate::routes::RouteSpec;
 
 /// What the node asks of a workspace.
@@ -29,6 +31,10 @@ pub(crate) struct WorkspaceActor {
     pub shared: Arc<NodeShared>,
     pub dir: PathBuf,
     pub record: WorkspaceRecord,
+    /// The project's git token, for clone and push (memory only).
+    pub git_credential: Option<GitCredential>,
+    /// The secret values redacted from what the agent says.
+    pub redactor: Redactor,
     pub agent_running: Arc<AtomicBool>,
     pub commands: mpsc::UnboundedReceiver<WorkspaceCommand>,
     pub recorder: Option<Arc<dyn MessageRecorder>>,
@@ -92,7 +98,12 @@ impl WorkspaceActor {
             std::fs::remove_dir_all(&checkout)
                 .map_err(|e| crate::NodeError::io("removing a partial checkout", e))?;
         }
-        git::clone_or_init(&self.record.repository_url, &checkout).await?;
+        git::clone_or_init(
+            &self.record.repository_url,
+            &checkout,
+            self.git_credential.as_ref(),
+        )
+        .await?;
         if let Some(base) = self.record.requested_branch.clone() {
             let branch = git::create_task_branch(&checkout, &base).await?;
             if branch != base {
@@ -113,6 +124,7 @@ impl WorkspaceActor {
                 .unwrap_or_else(|| Arc::new(crate::recorder::MemoryRecorder::new())),
             self.shared.clock.clone(),
         )
+        .with_redactor(self.redactor.clone())
         .with_root(
             self.checkout()
                 .canonicalize()
@@ -319,8 +331,22 @@ impl WorkspaceActor {
                 tracing::info!(workspace = %self.id(), committed, "work committed");
                 match (git::has_origin(&checkout).await, &self.record.branch) {
                     (Ok(true), Some(branch)) => {
-                        if let Err(e) = git::push(&checkout, branch).await {
-                            warning = Some(format!("push failed: {e}"));
+                        let pushed = git::push(
+                            &checkout,
+                            &self.record.repository_url,
+                            branch,
+                            self.git_credential.as_ref(),
+                        )
+                        .await;
+                        match pushed {
+                            Ok(()) => {}
+                            Err(e @ NodeError::GitAuth { .. }) => {
+                                // The work cannot reach the repository: the task failed.
+                                self.stop_agent().await;
+                                self.fail(e.to_string());
+                                return;
+                            }
+                            Err(e) => warning = Some(format!("push failed: {e}")),
                         }
                     }
                     (Ok(true), None) => warning = Some("no task branch to push".into()),

@@ -1,11 +1,18 @@
 //! The git operations a workspace needs, run with the `git` command line (so every URL and
 //! credential helper git supports works). Hooks are disabled for Kiln's own commits.
+//!
+//! Clone and push take the project's [`GitCredential`], if it has one: it is served to git by
+//! `kiln-node`'s credential helper for the length of that one command
+//! ([`crate::credentials`]). A remote that refuses the credentials (or asks for some when
+//! there are none) is [`NodeError::GitAuth`], naming the URL without user information.
 
 use std::path::Path;
 
 use tokio::process::Command;
 
+use crate::credentials::{CredentialServer, GitCredential, display_url};
 use crate::error::{NodeError, Result, shorten};
+use crate::redact::Redactor;
 
 /// The author of the commits Kiln makes for an agent.
 pub const AGENT_NAME: &str = "Kiln Agent";
@@ -42,22 +49,82 @@ async fn run(mut cmd: Command, what: &str) -> Result<String> {
     }
 }
 
+/// A git command that talks to the remote at `url`: with `credential`, its helper is served
+/// while the command runs; an authentication refusal becomes [`NodeError::GitAuth`], and
+/// git's output never carries the token on.
+async fn run_remote(
+    dir: Option<&Path>,
+    args: &[&str],
+    what: &str,
+    url: &str,
+    credential: Option<&GitCredential>,
+) -> Result<String> {
+    let server = credential.map(CredentialServer::start).transpose()?;
+    let mut cmd = git(dir);
+    if let Some(server) = &server {
+        cmd.args(server.config_args());
+        server.apply_env(&mut cmd);
+    }
+    cmd.args(args);
+    let result = run(cmd, what).await;
+    drop(server);
+    result.map_err(|e| match e {
+        NodeError::Git { command, message } if is_auth_failure(&message) => NodeError::GitAuth {
+            command,
+            url: display_url(url),
+        },
+        NodeError::Git { command, message } => NodeError::Git {
+            command,
+            message: Redactor::new(credential.map(|c| c.token.expose())).redact(&message),
+        },
+        other => other,
+    })
+}
+
+/// Whether git's message says the remote refused (or wanted) credentials.
+fn is_auth_failure(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    [
+        "authentication failed",
+        "could not read username",
+        "could not read password",
+        "terminal prompts disabled",
+        "access denied",
+        "returned error: 401",
+        "returned error: 403",
+        "permission denied (publickey",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
+}
+
 /// Clones `url` (a local path or any URL git accepts) into `dest`, or initializes an empty
 /// repository there when `url` is empty.
 ///
 /// # Errors
-/// [`NodeError::Git`] with git's message.
-pub async fn clone_or_init(url: &str, dest: &Path) -> Result<()> {
+/// [`NodeError::GitAuth`] when the remote refuses the credentials, else [`NodeError::Git`]
+/// with git's message.
+pub async fn clone_or_init(
+    url: &str,
+    dest: &Path,
+    credential: Option<&GitCredential>,
+) -> Result<()> {
     if url.trim().is_empty() {
         let mut cmd = git(None);
         cmd.arg("init").arg("--quiet").arg(dest);
         run(cmd, "init").await?;
         return Ok(());
     }
-    let mut cmd = git(None);
-    cmd.args(["clone", "--quiet", "--no-hardlinks", "--", url])
-        .arg(dest);
-    run(cmd, "clone").await.map(drop)
+    let dest = dest.to_string_lossy();
+    run_remote(
+        None,
+        &["clone", "--quiet", "--no-hardlinks", "--", url, &dest],
+        "clone",
+        url,
+        credential,
+    )
+    .await
+    .map(drop)
 }
 
 /// Whether `branch` exists locally or at the remote `origin` (as fetched).
@@ -137,14 +204,34 @@ pub async fn has_origin(repo: &Path) -> Result<bool> {
         .any(|l| l.trim() == "origin"))
 }
 
-/// Pushes `branch` to `origin` and sets it as upstream.
+/// Pushes `branch` to `origin` (at `url`) and sets it as upstream.
 ///
 /// # Errors
-/// [`NodeError::Git`] with git's message.
-pub async fn push(repo: &Path, branch: &str) -> Result<()> {
-    let mut cmd = git(Some(repo));
-    cmd.args(["-c", "core.hooksPath=/dev/null"])
-        .args(["push", "--quiet", "--no-verify", "-u", "origin"])
-        .arg(format!("{branch}:refs/heads/{branch}"));
-    run(cmd, "push").await.map(drop)
+/// [`NodeError::GitAuth`] when the remote refuses the credentials, else [`NodeError::Git`]
+/// with git's message.
+pub async fn push(
+    repo: &Path,
+    url: &str,
+    branch: &str,
+    credential: Option<&GitCredential>,
+) -> Result<()> {
+    let refspec = format!("{branch}:refs/heads/{branch}");
+    run_remote(
+        Some(repo),
+        &[
+            "-c",
+            "core.hooksPath=/dev/null",
+            "push",
+            "--quiet",
+            "--no-verify",
+            "-u",
+            "origin",
+            &refspec,
+        ],
+        "push",
+        url,
+        credential,
+    )
+    .await
+    .map(drop)
 }

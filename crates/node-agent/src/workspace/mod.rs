@@ -2,6 +2,11 @@
 //! repository checkout (`checkout/`, on the task branch) and the record that lets a
 //! restarted host find it (`workspace.json`). Each workspace is driven by its own task, so
 //! a slow clone never holds up the node's command loop.
+//!
+//! A project's git token arrives with the create command and stays in the workspace's
+//! memory only (never in the record): clone and push get it through the credential helper
+//! ([`crate::credentials`]), and the capture redacts it, and the node's and the workspace's
+//! callback tokens, from everything the agent says ([`crate::redact`]).
 
 mod actor;
 pub mod git;
@@ -14,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kiln_core::protocol::{NodeCommand, WorkspaceEvent, WorkspaceReport};
+use kiln_core::secret::Secret;
 use kiln_core::{LifecycleClock, WorkspaceId};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -21,8 +27,10 @@ use actor::{WorkspaceActor, WorkspaceCommand};
 use record::{RecordStatus, WorkspaceRecord};
 
 use crate::config::NodeConfig;
+use crate::credentials::GitCredential;
 use crate::events::EventReporter;
 use crate::recorder::DeltaSender;
+use crate::redact::Redactor;
 use crate::routes::MessageRoutes;
 
 /// What every workspace of a node shares.
@@ -67,7 +75,30 @@ impl Workspaces {
         self.shared.config.workspaces_dir().join(id.to_string())
     }
 
-    fn actor(&self, dir: PathBuf, record: WorkspaceRecord) -> (WorkspaceActor, Handle) {
+    fn actor(
+        &self,
+        dir: PathBuf,
+        record: WorkspaceRecord,
+        git_token: Option<Secret>,
+    ) -> (WorkspaceActor, Handle) {
+        let config = &self.shared.config;
+        let redactor = Redactor::new(
+            [
+                Some(config.callback_token.as_str()),
+                Some(record.callback_token.as_str()),
+                git_token.as_ref().map(Secret::expose),
+            ]
+            .into_iter()
+            .flatten(),
+        );
+        let git_credential = git_token
+            .filter(|t| !t.is_empty())
+            .map(|token| GitCredential {
+                repository_url: record.repository_url.clone(),
+                token,
+                helper: config.git_credential_helper.clone(),
+                runtime_dir: config.runtime_dir(),
+            });
         // A workspace found on disk had its agent start reported by the previous run.
         let started_reported = record.status != RecordStatus::Creating;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -77,6 +108,8 @@ impl Workspaces {
             shared: self.shared.clone(),
             dir,
             record,
+            git_credential,
+            redactor,
             agent_running: agent_running.clone(),
             commands: rx,
             recorder: None,
@@ -107,7 +140,8 @@ impl Workspaces {
                 }
                 Ok(record) => {
                     let id = record.workspace_id;
-                    let (actor, handle) = self.actor(dir, record);
+                    // The git token is not kept on disk: a resumed workspace has none.
+                    let (actor, handle) = self.actor(dir, record, None);
                     self.handles.lock().await.insert(id, handle);
                     tokio::spawn(actor.run_resumed());
                     found += 1;
@@ -149,6 +183,7 @@ impl Workspaces {
                 prompt,
                 callback_token,
                 agent_hint,
+                git_token,
             } => {
                 let mut handles = self.handles.lock().await;
                 if handles.contains_key(&workspace_id) {
@@ -186,7 +221,7 @@ impl Workspaces {
                     });
                     return;
                 }
-                let (actor, handle) = self.actor(dir, record);
+                let (actor, handle) = self.actor(dir, record, git_token);
                 handles.insert(workspace_id, handle);
                 tokio::spawn(actor.run_new(prompt));
             }
