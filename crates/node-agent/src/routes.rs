@@ -13,7 +13,8 @@ use crate::error::Result;
 use crate::recorder::{MemoryRecorder, MessageRecorder};
 
 /// Where one workspace's messages go.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteSpec {
     /// The workspace (its messages go to `POST /api/workspaces/{id}/messages`).
     pub workspace_id: WorkspaceId,
@@ -35,7 +36,8 @@ pub trait MessageRoutes: Send + Sync + fmt::Debug + 'static {
     /// Messages of `workspace` not yet delivered.
     async fn pending(&self, workspace: WorkspaceId) -> u64;
 
-    /// Forgets a destroyed workspace's route.
+    /// Forgets a destroyed workspace's route once its messages are delivered: a route
+    /// closed with messages still pending keeps delivering them (across restarts) first.
     async fn close_route(&self, workspace: WorkspaceId);
 
     /// The state of the outbox, for heartbeats.

@@ -674,3 +674,75 @@ async fn a_host_that_stops_during_a_turn_reports_the_turn_failed_after_its_resta
     run.stop.send_replace(true);
     let _ = run.node.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_destroyed_during_an_outage_still_delivers_every_message_after_a_restart() {
+    let (fake, url) = start_fake().await;
+    // The receiver is down for the whole run and beyond the destroy drain.
+    fake.messages_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let run = start_node_with(fake.clone(), &url, |c| {
+        c.destroy_drain = Duration::from_millis(300);
+    })
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Outage");
+    run.fake.push(t.command);
+    run.fake
+        .wait_event("completion", |e| is_terminal(e, t.workspace))
+        .await;
+    run.fake.push(NodeCommand::DestroyWorkspace {
+        workspace_id: t.workspace,
+    });
+    run.fake
+        .wait_event("destroyed", |e| {
+            matches!(e, WorkspaceEvent::Destroyed { workspace_id } if *workspace_id == t.workspace)
+        })
+        .await;
+    assert!(fake.messages().is_empty(), "nothing delivered yet");
+    let draining = run
+        .data
+        .path()
+        .join(format!("draining-routes/{}.json", t.workspace));
+    assert!(
+        draining.exists(),
+        "the route waits on disk for its messages"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&draining).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the file holds the workspace token");
+    }
+
+    // The host restarts while the receiver is still down, then the receiver comes back.
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+    let run = start_node_in(fake.clone(), &url, run.data, |_| {}).await;
+    fake.messages_down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let messages = fake
+        .wait_for(30, "the destroyed workspace's messages", |i| {
+            (i.messages.len() >= 6).then(|| i.messages.clone())
+        })
+        .await;
+    assert!(messages.iter().all(|m| m.session_id == t.session));
+    let seqs: Vec<i64> = messages.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "in order, once"
+    );
+    assert_eq!(fake.lock().duplicates, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while draining.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the drained route's file is removed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
