@@ -163,7 +163,7 @@ async fn claim_latency(store: &Arc<dyn Store>, f: &Fixture) -> (Duration, Durati
                 for _ in 0..CLAIMS_PER_CLAIMER {
                     let started = Instant::now();
                     store
-                        .claim_warm_node(owner, VmSize::Small, None, TaskId::new(), now)
+                        .claim_warm_node(owner, VmSize::Small, "memory", None, TaskId::new(), now)
                         .await
                         .expect("claim");
                     latencies.push(started.elapsed());

@@ -43,7 +43,7 @@
 //! let clock = ManualClock::starting_at_epoch();
 //! // No warm node yet: the claim finds nothing, so a pool would provision one.
 //! let claimed = store
-//!     .claim_warm_node(UserId::new(), VmSize::Small, None, TaskId::new(), clock.now())
+//!     .claim_warm_node(UserId::new(), VmSize::Small, "local", None, TaskId::new(), clock.now())
 //!     .await?;
 //! assert!(claimed.is_none());
 //! # Ok::<(), kiln_core::StoreError>(())

@@ -72,7 +72,7 @@ async fn claims_from_two_replicas_never_double_claim() {
                 tokio::spawn(async move {
                     let task = TaskId::new();
                     store
-                        .claim_warm_node(owner, VmSize::Small, None, task, now)
+                        .claim_warm_node(owner, VmSize::Small, "memory", None, task, now)
                         .await
                         .expect("claim")
                         .map(|n| (n.id, task))

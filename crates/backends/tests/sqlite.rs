@@ -90,7 +90,7 @@ async fn claims_through_two_pools_on_one_file_never_double_claim() {
             let owner = f.owner;
             tokio::spawn(async move {
                 store
-                    .claim_warm_node(owner, VmSize::Small, None, TaskId::new(), now)
+                    .claim_warm_node(owner, VmSize::Small, "memory", None, TaskId::new(), now)
                     .await
                     .expect("claim")
             })

@@ -23,7 +23,7 @@
 //! let clock = ManualClock::starting_at_epoch();
 //! // No warm node yet: the claim finds nothing, so a pool would provision one.
 //! let claimed = store
-//!     .claim_warm_node(UserId::new(), VmSize::Small, None, TaskId::new(), clock.now())
+//!     .claim_warm_node(UserId::new(), VmSize::Small, "local", None, TaskId::new(), clock.now())
 //!     .await?;
 //! assert!(claimed.is_none());
 //! # Ok::<(), kiln_core::StoreError>(())
@@ -42,6 +42,7 @@ pub mod node;
 pub mod protocol;
 pub mod provider;
 pub mod secret;
+pub mod secret_store;
 pub mod sink;
 pub mod store;
 pub mod task;
@@ -58,6 +59,9 @@ pub use model::{
 pub use node::NodeState;
 pub use provider::{
     NodeBootstrap, NodeProvider, NodeSpec, ProviderError, ProviderNodeStatus, ProvisionedNode,
+};
+pub use secret_store::{
+    SecretKey, SecretKind, SecretStore, SecretStoreExt, StoredSecret,
 };
 pub use sink::{DeliveryReport, MessageSink, SinkError};
 pub use store::{

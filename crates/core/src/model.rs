@@ -155,6 +155,9 @@ pub struct Project {
     pub repository_url: String,
     /// The VM size of its tasks unless a task overrides it.
     pub default_vm_size: VmSize,
+    /// The node provider its tasks run on (`local`, `hetzner`, …); the server's default
+    /// when the project was created without one.
+    pub provider: String,
     /// When it was created.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -179,6 +182,10 @@ pub struct Task {
     pub priority: i32,
     /// Where the task is in its run.
     pub status: TaskStatus,
+    /// What is happening within the status right now (`provisioning node…` while a cold
+    /// node boots); cleared whenever the status changes.
+    #[serde(default)]
+    pub status_detail: Option<String>,
     /// When `status` last changed (for the stuck-in-a-transient-state timeout).
     pub status_changed_at: Timestamp,
     /// The branch the work was committed to.

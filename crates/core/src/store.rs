@@ -19,6 +19,7 @@ use crate::model::{
     Workspace, WorkspaceStatus,
 };
 use crate::node::NodeState;
+use crate::secret_store::SecretStore;
 use crate::task::TaskStatus;
 
 /// A store failure, classified once at the store's boundary.
@@ -260,7 +261,8 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     async fn get_project(&self, id: ProjectId) -> Result<Option<Project>, StoreError>;
     /// An owner's projects, oldest first.
     async fn list_projects(&self, owner: UserId) -> Result<Vec<Project>, StoreError>;
-    /// Replaces a project's editable fields (name, repository, default VM size, updated_at).
+    /// Replaces a project's editable fields (name, repository, default VM size, provider,
+    /// updated_at).
     async fn update_project(&self, project: &Project) -> Result<(), StoreError>;
     /// Deletes a project with its tasks, sessions and messages. `false` if it did not exist.
     async fn delete_project(&self, id: ProjectId) -> Result<bool, StoreError>;
@@ -361,13 +363,14 @@ pub trait NodeStore: Send + Sync + fmt::Debug + 'static {
     /// Nodes matching the query, oldest first.
     async fn list_nodes(&self, query: &NodeQuery) -> Result<Vec<Node>, StoreError>;
 
-    /// Atomically claims the oldest-warm node of `owner` and `size` (and `location`, when
-    /// given) whose deadline is after `now`: marks it active and claimed by `task`. Never
+    /// Atomically claims the oldest-warm node of `owner`, `size` and `provider` (and
+    /// `location`, when given) whose deadline is after `now`: marks it active and claimed by `task`. Never
     /// hands one node to two claimers, even across server replicas.
     async fn claim_warm_node(
         &self,
         owner: UserId,
         size: VmSize,
+        provider: &str,
         location: Option<&str>,
         task: TaskId,
         now: Timestamp,
@@ -446,9 +449,9 @@ pub trait UserStore: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Everything a control plane stores: [`SessionStore`] + [`TaskStore`] + [`NodeStore`] +
-/// [`UserStore`].
-pub trait Store: SessionStore + TaskStore + NodeStore + UserStore {}
-impl<T: SessionStore + TaskStore + NodeStore + UserStore + ?Sized> Store for T {}
+/// [`UserStore`] + [`SecretStore`].
+pub trait Store: SessionStore + TaskStore + NodeStore + UserStore + SecretStore {}
+impl<T: SessionStore + TaskStore + NodeStore + UserStore + SecretStore + ?Sized> Store for T {}
 
 macro_rules! forward {
     ($($trait:ident { $(fn $name:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty;)* })*) => {
@@ -506,7 +509,7 @@ forward! {
         fn insert_node(&self, node: &Node) -> Result<(), StoreError>;
         fn get_node(&self, id: NodeId) -> Result<Option<Node>, StoreError>;
         fn list_nodes(&self, query: &NodeQuery) -> Result<Vec<Node>, StoreError>;
-        fn claim_warm_node(&self, owner: UserId, size: VmSize, location: Option<&str>, task: TaskId, now: Timestamp) -> Result<Option<Node>, StoreError>;
+        fn claim_warm_node(&self, owner: UserId, size: VmSize, provider: &str, location: Option<&str>, task: TaskId, now: Timestamp) -> Result<Option<Node>, StoreError>;
         fn set_node_provider_id(&self, id: NodeId, provider_id: &str, now: Timestamp) -> Result<(), StoreError>;
         fn mark_node_ready(&self, id: NodeId, now: Timestamp) -> Result<Node, StoreError>;
         fn release_node(&self, id: NodeId, warm_until: Timestamp, now: Timestamp) -> Result<Node, StoreError>;

@@ -48,6 +48,13 @@ pub enum Error {
         #[source]
         source: ProviderError,
     },
+    /// No provider of this name is configured (a project or node names one the pool does
+    /// not know).
+    #[error("no node provider named {name:?} is configured")]
+    UnknownProvider {
+        /// The name asked for.
+        name: String,
+    },
     /// The workspace controller failed.
     #[error(transparent)]
     Controller(#[from] ControllerError),

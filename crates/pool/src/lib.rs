@@ -44,6 +44,7 @@
 //! let runner = TaskRunner::new(pool.clone(), nodes.clone());
 //! # let project = Project { id: ProjectId::new(), owner: UserId::new(), name: "demo".into(),
 //! #     repository_url: "/srv/demo.git".into(), default_vm_size: VmSize::Small,
+//! #     provider: "memory".into(),
 //! #     created_at: clock.now(), updated_at: clock.now() };
 //! # store.create_project(&project).await.unwrap();
 //!
@@ -156,6 +157,6 @@ pub use error::Error;
 pub use pool::{
     AcquireSource, Acquired, NodeBootstrapper, ReleaseOutcome, StaticBootstrap, WarmPool,
 };
-pub use runner::{NewTask, TaskRunner};
+pub use runner::{NewTask, PROVISIONING_DETAIL, TaskRunner};
 pub use settings::{PrewarmTarget, Settings, SettingsError, parse_prewarm};
 pub use sweep::{ActionResult, NodeAction, Phase, SweepReport};

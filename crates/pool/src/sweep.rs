@@ -349,17 +349,37 @@ impl WarmPool {
     }
 
     async fn sweep_orphans(&self) -> Result<Vec<NodeAction>, Error> {
+        let mut actions = Vec::new();
+        let mut first_error = None;
+        for provider in self.providers() {
+            match self.sweep_orphans_of(provider.as_ref()).await {
+                Ok(done) => actions.extend(done),
+                Err(e) => {
+                    tracing::warn!(provider = provider.name(), error = %e, "orphan sweep failed");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) if actions.is_empty() => Err(e),
+            _ => Ok(actions),
+        }
+    }
+
+    async fn sweep_orphans_of(
+        &self,
+        provider: &dyn kiln_core::NodeProvider,
+    ) -> Result<Vec<NodeAction>, Error> {
         let now = self.clock.now();
         let grace = self.settings().boot_grace;
-        let servers = self
-            .provider
+        let servers = provider
             .list()
             .await
             .map_err(|source| Error::Provider { node: None, source })?;
         let known = self
             .store
             .list_nodes(&NodeQuery {
-                provider: Some(self.provider.name().to_owned()),
+                provider: Some(provider.name().to_owned()),
                 ..NodeQuery::default()
             })
             .await?;
@@ -404,7 +424,7 @@ impl WarmPool {
                 )));
                 continue;
             }
-            let result = match self.provider.destroy(&server.provider_id).await {
+            let result = match provider.destroy(&server.provider_id).await {
                 Ok(()) => ActionResult::Destroyed,
                 Err(e) => ActionResult::Failed(e.to_string()),
             };
@@ -497,7 +517,8 @@ impl WarmPool {
                 .count();
             let location = location.as_deref().or(settings.location.as_deref());
             for _ in ready_or_coming..min as usize {
-                let result = match self.provision(owner, size, location, None).await {
+                let provider = self.default_provider().to_owned();
+                let result = match self.provision(&provider, owner, size, location, None).await {
                     Ok(node) => NodeAction::new(Phase::Prewarm, &node, ActionResult::Provisioned),
                     Err(e) => {
                         // Do not hammer a refusing provider: try this target again later.

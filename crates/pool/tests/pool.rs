@@ -101,7 +101,14 @@ async fn expiry_racing_a_claim_has_exactly_one_winner() {
         let claim = tokio::spawn(async move {
             claimer
                 .store()
-                .claim_warm_node(owner, VmSize::Large, None, task, claimer.clock().now())
+                .claim_warm_node(
+                    owner,
+                    VmSize::Large,
+                    "memory",
+                    None,
+                    task,
+                    claimer.clock().now(),
+                )
                 .await
         });
         let expirer = expirer.clone();

@@ -421,6 +421,7 @@ async fn five_tasks_at_once_with_one_warm_node_one_claims_four_provision() {
                 status: TaskStatus::Ready,
                 status_changed_at: now,
                 output_branch: None,
+                status_detail: None,
                 pr_url: None,
                 summary: None,
                 error_message: None,

@@ -87,6 +87,7 @@ async fn run(label: &str, store: Arc<dyn Store>, pace: Duration) -> Figures {
         name: "bench".into(),
         repository_url: "/tmp/bench".into(),
         default_vm_size: VmSize::Small,
+        provider: "memory".into(),
         created_at: now,
         updated_at: now,
     };

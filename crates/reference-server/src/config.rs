@@ -9,7 +9,10 @@
 //! | `--database-url` | `KILN_DATABASE_URL` | `database_url` | `sqlite://<data dir>/kiln.db` (`postgres://…` selects PostgreSQL) |
 //! | `--public-url` | `KILN_PUBLIC_URL` | `public_url` | `http://<listen>` (what nodes and login links use) |
 //! | `--secret-key` | `KILN_SECRET_KEY` | `secret_key` | generated into `<data dir>/secret.key` (mode 0600) on first start; replicas sharing a PostgreSQL database must all be given the same key |
-//! | `--provider` | `KILN_PROVIDER` | `provider` | `local` (`kiln-node` processes on this machine) |
+//! | `--provider` | `KILN_PROVIDER` | `provider` | `local` (`kiln-node` processes on this machine); `hetzner` (Hetzner Cloud servers, each user's own token), or both: `local,hetzner` / `both` (new projects get the first) |
+//! | — | `KILN_VAULT_KEY`, `KILN_VAULT_KEY_FILE`, `KILN_VAULT_PREVIOUS_KEYS` | — | the key stored credentials are sealed with (`kiln_backends::vault::VaultSettings`); generated into `<data dir>/vault.key` (mode 0600) on first start unless `KILN_VAULT_KEY` or `KILN_VAULT_KEY_FILE` says otherwise |
+//! | — | `KILN_HETZNER_API_URL`, `KILN_HETZNER_LOCATION`, `KILN_HETZNER_SERVER_TYPE_*`, … | — | the Hetzner provider's settings (`kiln_backends::hetzner::HetznerSettings`), also used to check tokens when they are saved |
+//! | `--node-binary` | `KILN_NODE_BINARY` | `node_binary` | the `kiln-node` file `GET /api/nodes/{id}/binary` serves to Hetzner nodes: default `kiln-node` next to the running `kiln` |
 //! | `--agent-command` | `KILN_AGENT_COMMAND` | `agent_command` | unset: each node runs `kiln-demo-agent` from next to its `kiln-node` |
 //! | — | `KILN_NODE_BIN`, `KILN_LOCAL_NODES_DIR`, `KILN_LOCAL_STOP_GRACE_MS` | — | the local provider's settings (`kiln_backends::local::LocalConfig`); nodes live in `<data dir>/nodes` unless `KILN_LOCAL_NODES_DIR` says otherwise |
 //! | `--callback-token-ttl-secs` | `KILN_CALLBACK_TOKEN_TTL_SECS` | `callback_token_ttl_secs` | `86400` (node and workspace tokens) |
@@ -55,9 +58,13 @@ pub struct ServeArgs {
     /// Key for signing callback tokens. Default: generated into `<data dir>/secret.key`.
     #[arg(long, env = "KILN_SECRET_KEY", hide_env_values = true)]
     pub secret_key: Option<String>,
-    /// Node provider: `local`. Default: local.
+    /// Node providers: `local`, `hetzner`, or both (`local,hetzner`, `hetzner,local`,
+    /// `both`); new projects get the first. Default: local.
     #[arg(long, env = "KILN_PROVIDER")]
     pub provider: Option<String>,
+    /// The `kiln-node` binary served to Hetzner nodes. Default: next to this `kiln`.
+    #[arg(long, env = "KILN_NODE_BINARY")]
+    pub node_binary: Option<PathBuf>,
     /// The ACP agent command nodes run. Default: the node's own default (kiln-demo-agent).
     #[arg(long, env = "KILN_AGENT_COMMAND")]
     pub agent_command: Option<String>,
@@ -85,6 +92,7 @@ struct FileConfig {
     public_url: Option<String>,
     secret_key: Option<String>,
     provider: Option<String>,
+    node_binary: Option<PathBuf>,
     agent_command: Option<String>,
     callback_token_ttl_secs: Option<u64>,
     session_ttl_secs: Option<u64>,
@@ -137,8 +145,10 @@ pub struct Config {
     pub public_url: String,
     /// The explicit secret key, if given (else read or generated in the data directory).
     pub secret_key: Option<String>,
-    /// Node provider name.
-    pub provider: String,
+    /// The enabled node providers (`local`, `hetzner`), the default for new projects first.
+    pub providers: Vec<String>,
+    /// The `kiln-node` binary served to nodes, when configured (else next to `kiln`).
+    pub node_binary: Option<PathBuf>,
     /// Agent command for the nodes, when configured.
     pub agent_command: Option<String>,
     /// Callback token lifetime.
@@ -151,6 +161,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The pool's and runner's settings (environment over the `[pool]` table over defaults).
     pub pool: kiln_pool::Settings,
+    /// Where the vault key comes from (`KILN_VAULT_*`).
+    pub vault: kiln_backends::vault::VaultSettings,
+    /// The Hetzner provider's settings (`KILN_HETZNER_*`).
+    pub hetzner: kiln_backends::hetzner::HetznerSettings,
 }
 
 impl Default for Config {
@@ -191,16 +205,12 @@ impl Config {
             .unwrap_or_else(|| format!("http://{listen}"))
             .trim_end_matches('/')
             .to_owned();
-        let provider = args
-            .provider
-            .or(file.provider)
-            .unwrap_or_else(|| "local".into());
-        if provider != "local" {
-            return Err(ConfigError::Invalid {
-                name: "provider",
-                message: format!("unknown provider {provider:?}; expected: local"),
-            });
-        }
+        let providers = parse_providers(
+            &args
+                .provider
+                .or(file.provider)
+                .unwrap_or_else(|| "local".into()),
+        )?;
         if !(database_url.starts_with("sqlite:")
             || database_url.starts_with("postgres://")
             || database_url.starts_with("postgresql://"))
@@ -219,7 +229,8 @@ impl Config {
             database_url,
             public_url,
             secret_key: args.secret_key.or(file.secret_key),
-            provider,
+            providers,
+            node_binary: args.node_binary.or(file.node_binary),
             agent_command: args.agent_command.or(file.agent_command),
             callback_token_ttl: secs(
                 args.callback_token_ttl_secs,
@@ -230,6 +241,13 @@ impl Config {
             login_link: args.login_link.or(file.login_link).unwrap_or(true),
             shutdown_grace: ms(args.shutdown_grace_ms, file.shutdown_grace_ms, 10_000),
             pool: pool_settings(&file.pool)?,
+            vault: kiln_backends::vault::VaultSettings::from_env(&data_dir),
+            hetzner: kiln_backends::hetzner::HetznerSettings::from_env().map_err(|e| {
+                ConfigError::Invalid {
+                    name: "KILN_HETZNER_*",
+                    message: e.to_string(),
+                }
+            })?,
             data_dir,
         };
         if config.callback_token_ttl.is_zero() {
@@ -246,6 +264,30 @@ impl Config {
     pub fn is_postgres(&self) -> bool {
         self.database_url.starts_with("postgres")
     }
+}
+
+/// `local`, `hetzner`, `both` or a comma-separated list of those two, each once.
+fn parse_providers(value: &str) -> Result<Vec<String>, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        name: "provider",
+        message,
+    };
+    if value.trim() == "both" {
+        return Ok(vec!["local".into(), "hetzner".into()]);
+    }
+    let mut providers: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        if !matches!(name, "local" | "hetzner") {
+            return Err(invalid(format!(
+                "unknown provider {name:?}; expected local, hetzner, both or local,hetzner"
+            )));
+        }
+        if providers.iter().any(|p| p == name) {
+            return Err(invalid(format!("{name:?} is listed twice")));
+        }
+        providers.push(name.to_owned());
+    }
+    Ok(providers)
 }
 
 /// The pool's settings: each variable from the environment, else the `[pool]` table.
@@ -324,6 +366,21 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn providers_are_one_or_both() {
+        assert_eq!(parse_providers("local").unwrap(), ["local"]);
+        assert_eq!(parse_providers("hetzner").unwrap(), ["hetzner"]);
+        assert_eq!(parse_providers("both").unwrap(), ["local", "hetzner"]);
+        assert_eq!(
+            parse_providers("hetzner, local").unwrap(),
+            ["hetzner", "local"]
+        );
+        for bad in ["aws", "local,local", "", "local,"] {
+            let err = parse_providers(bad).unwrap_err();
+            assert!(err.to_string().contains("provider"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -17,8 +17,11 @@
 //!
 //! // The whole server over in-memory parts (a real one uses SQLite or PostgreSQL and the
 //! // local provider: see `server::serve`).
+//! let data = tempfile::tempdir()?; // the vault key is generated in the data directory
+//! let config = Config { data_dir: data.path().into(), ..Config::default() };
+//! let config = Config { vault: kiln_backends::vault::VaultSettings::new(data.path()), ..config };
 //! let parts = server::assemble(
-//!     &Config::default(),
+//!     &config,
 //!     Arc::new(MemoryStore::new()),
 //!     Arc::new(MemoryProvider::new()),
 //!     b"a secret key of some length".to_vec(),
@@ -50,6 +53,7 @@ pub mod auth;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod live;
 pub mod openapi;

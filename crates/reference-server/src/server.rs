@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::commands::CommandQueues;
 use crate::config::Config;
+use crate::credentials::{Credentials, HETZNER, HetznerFleet};
 use crate::live::LiveHub;
 use crate::runner::{NodeController, PoolDriver, TokenBootstrap};
 use crate::state::{AppState, Settings};
@@ -112,20 +113,23 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }
 
-/// The configured node provider.
+/// The local node provider (`kiln-node` processes on this machine). A server always has it,
+/// so nodes it made keep being expired and destroyed even when `local` is no longer offered
+/// to projects; [`assemble`] adds the Hetzner provider when the configuration enables it.
 pub fn provider(config: &Config) -> Result<Arc<dyn NodeProvider>, StartError> {
-    match config.provider.as_str() {
-        "local" => {
-            let mut local = kiln_backends::local::LocalConfig::from_env();
-            if std::env::var_os("KILN_LOCAL_NODES_DIR").is_none() {
-                local.base_dir = config.data_dir.join("nodes");
-            }
-            Ok(Arc::new(kiln_backends::local::LocalProvider::new(local)))
-        }
-        other => Err(StartError::Other(format!(
-            "node provider {other:?} is not available in this build"
-        ))),
+    let mut local = kiln_backends::local::LocalConfig::from_env();
+    if std::env::var_os("KILN_LOCAL_NODES_DIR").is_none() {
+        local.base_dir = config.data_dir.join("nodes");
     }
+    Ok(Arc::new(kiln_backends::local::LocalProvider::new(local)))
+}
+
+/// The vault stored credentials are sealed with: `KILN_VAULT_KEY`, else the key file
+/// (`<data dir>/vault.key` unless `KILN_VAULT_KEY_FILE` says otherwise), generated with
+/// mode 0600 on first start.
+pub fn load_vault(config: &Config) -> Result<kiln_backends::vault::Vault, StartError> {
+    kiln_backends::vault::Vault::from_settings(&config.vault)
+        .map_err(|e| StartError::Other(format!("vault: {e}")))
 }
 
 /// A running server's parts, for embedding and tests.
@@ -141,6 +145,10 @@ pub struct Parts {
 
 /// Builds the state, pool and runner over `store` and `provider`, and starts relaying node
 /// commands from the change feed. `public_url` is what nodes are told to call.
+///
+/// `provider` serves the projects whose provider is `local` (tests pass a memory provider);
+/// when the configuration enables `hetzner`, a [`HetznerFleet`] serves those projects with
+/// each owner's stored token. The first configured provider is the default of new projects.
 pub async fn assemble(
     config: &Config,
     store: Arc<dyn Store>,
@@ -163,10 +171,32 @@ pub async fn assemble(
         token_ttl: config.callback_token_ttl,
         env,
     };
-    let pool = Arc::new(
-        WarmPool::new(store.clone(), provider, clock.clone(), config.pool.clone())
-            .with_bootstrap(Arc::new(bootstrap)),
+    let credentials = Arc::new(
+        Credentials::new(load_vault(config)?, config.hetzner.clone(), clock.clone())
+            .map_err(|e| StartError::Other(format!("Hetzner client: {e}")))?,
     );
+    let fleet: Arc<dyn NodeProvider> =
+        Arc::new(HetznerFleet::new(store.clone(), credentials.clone()));
+    let by_name = |name: &str| -> Arc<dyn NodeProvider> {
+        if name == HETZNER {
+            fleet.clone()
+        } else {
+            provider.clone()
+        }
+    };
+    let default = by_name(config.providers.first().map_or("local", String::as_str));
+    let mut pool = WarmPool::new(store.clone(), default, clock.clone(), config.pool.clone())
+        .with_bootstrap(Arc::new(bootstrap))
+        .with_provider(provider.clone());
+    if config.providers.iter().any(|p| p == HETZNER) {
+        pool = pool.with_provider(fleet.clone());
+    }
+    let providers = config
+        .providers
+        .iter()
+        .map(|p| by_name(p).name().to_owned())
+        .collect();
+    let pool = Arc::new(pool);
     let controller = NodeController::new(
         store.clone(),
         commands.clone(),
@@ -187,7 +217,9 @@ pub async fn assemble(
             session_ttl: config.session_ttl,
             callback_token_ttl: config.callback_token_ttl,
             secure_cookies: public_url.starts_with("https://"),
+            providers,
         }),
+        credentials,
     };
     Ok(Parts {
         state,

@@ -49,6 +49,16 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             public_url: "http://127.0.0.1:8080".into(),
+    /// The node providers projects may choose, the default (new projects') first.
+    pub providers: Vec<String>,
+}
+
+impl Settings {
+    /// The provider of a project created without one.
+    #[must_use]
+    pub fn default_provider(&self) -> &str {
+        self.providers.first().map_or("local", String::as_str)
+    }
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             callback_token_ttl: Duration::from_secs(24 * 3600),
             secure_cookies: false,
@@ -58,6 +68,7 @@ impl Default for Settings {
 
 /// Everything a handler needs.
 #[derive(Clone)]
+            providers: vec!["local".into()],
 pub struct AppState {
     /// Persistence and the change feed.
     pub store: Arc<dyn Store>,
@@ -79,6 +90,8 @@ impl fmt::Debug for AppState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppState")
             .field("store", &self.store)
+    /// Sealing, opening and checking of stored credentials.
+    pub credentials: Arc<crate::credentials::Credentials>,
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }

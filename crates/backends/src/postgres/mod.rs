@@ -6,6 +6,7 @@ mod error;
 mod feed;
 mod nodes;
 mod rows;
+mod secrets;
 mod sessions;
 mod tasks;
 mod users;

@@ -168,6 +168,7 @@ impl NodeStore for PostgresStore {
         &self,
         owner: UserId,
         size: VmSize,
+        provider: &str,
         location: Option<&str>,
         task: TaskId,
         now: Timestamp,
@@ -179,7 +180,7 @@ impl NodeStore for PostgresStore {
              updated_at = $5 \
              WHERE id = (SELECT id FROM nodes WHERE owner = $1 AND size = $2 \
                  AND state = 'warm' AND warm_until > $5 \
-                 AND ($3::text IS NULL OR location = $3) \
+                 AND ($3::text IS NULL OR location = $3) AND provider = $6 \
                  ORDER BY warm_until, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
              AND state = 'warm' RETURNING {NODE_COLUMNS}"
         )))
@@ -188,6 +189,7 @@ impl NodeStore for PostgresStore {
         .bind(location)
         .bind(task.0)
         .bind(now)
+        .bind(provider)
         .fetch_optional(&self.pool)
         .await
         .map_err(map_err)?;

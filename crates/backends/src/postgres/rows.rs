@@ -37,7 +37,7 @@ fn opt_id<T: From<Uuid>>(row: &PgRow, column: &str) -> Result<Option<T>, StoreEr
 }
 
 pub(super) const PROJECT_COLUMNS: &str =
-    "id, owner, name, repository_url, default_vm_size, created_at, updated_at";
+    "id, owner, name, repository_url, default_vm_size, provider, created_at, updated_at";
 
 pub(super) fn project(row: &PgRow) -> Result<Project, StoreError> {
     Ok(Project {
@@ -46,6 +46,7 @@ pub(super) fn project(row: &PgRow) -> Result<Project, StoreError> {
         name: get(row, "name")?,
         repository_url: get(row, "repository_url")?,
         default_vm_size: parse_enum(&get::<String>(row, "default_vm_size")?)?,
+        provider: get(row, "provider")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,
     })
@@ -53,7 +54,7 @@ pub(super) fn project(row: &PgRow) -> Result<Project, StoreError> {
 
 pub(super) const TASK_COLUMNS: &str = "id, project_id, owner, title, description, priority, \
      status, status_changed_at, output_branch, pr_url, summary, error_message, session_id, \
-     workspace_id, node_id, vm_size_override, agent_hint, attempt, created_at, updated_at";
+     workspace_id, node_id, vm_size_override, agent_hint, attempt, created_at, updated_at, status_detail";
 
 pub(super) fn task(row: &PgRow) -> Result<Task, StoreError> {
     Ok(Task {
@@ -64,6 +65,7 @@ pub(super) fn task(row: &PgRow) -> Result<Task, StoreError> {
         description: get(row, "description")?,
         priority: get(row, "priority")?,
         status: parse_enum(&get::<String>(row, "status")?)?,
+        status_detail: get(row, "status_detail")?,
         status_changed_at: time(row, "status_changed_at")?,
         output_branch: get(row, "output_branch")?,
         pr_url: get(row, "pr_url")?,
@@ -175,5 +177,22 @@ pub(super) fn api_token(row: &PgRow) -> Result<ApiToken, StoreError> {
         name: get(row, "name")?,
         created_at: time(row, "created_at")?,
         expires_at: opt_time(row, "expires_at")?,
+    })
+}
+
+pub(super) const SECRET_COLUMNS: &str =
+    "owner, project_id, kind, sealed, hint, created_at, updated_at";
+
+pub(super) fn secret(row: &PgRow) -> Result<kiln_core::StoredSecret, StoreError> {
+    Ok(kiln_core::StoredSecret {
+        key: kiln_core::SecretKey {
+            owner: id(row, "owner")?,
+            project_id: opt_id(row, "project_id")?,
+            kind: parse_enum(&get::<String>(row, "kind")?)?,
+        },
+        sealed: get(row, "sealed")?,
+        hint: get(row, "hint")?,
+        created_at: time(row, "created_at")?,
+        updated_at: time(row, "updated_at")?,
     })
 }

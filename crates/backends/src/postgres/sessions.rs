@@ -31,7 +31,7 @@ impl SessionStore for PostgresStore {
     async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO projects (id, owner, name, repository_url, default_vm_size, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             updated_at, provider) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(project.id.0)
         .bind(project.owner.0)
@@ -40,6 +40,7 @@ impl SessionStore for PostgresStore {
         .bind(project.default_vm_size.as_str())
         .bind(project.created_at)
         .bind(project.updated_at)
+        .bind(&project.provider)
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
@@ -75,13 +76,14 @@ impl SessionStore for PostgresStore {
     async fn update_project(&self, project: &Project) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE projects SET name = $2, repository_url = $3, default_vm_size = $4, \
-             updated_at = $5 WHERE id = $1",
+             updated_at = $5, provider = $6 WHERE id = $1",
         )
         .bind(project.id.0)
         .bind(&project.name)
         .bind(&project.repository_url)
         .bind(project.default_vm_size.as_str())
         .bind(project.updated_at)
+        .bind(&project.provider)
         .execute(&self.pool)
         .await
         .map_err(map_err)?;

@@ -4,6 +4,7 @@
 mod error;
 mod nodes;
 mod rows;
+mod secrets;
 mod sessions;
 mod tasks;
 mod users;

@@ -19,7 +19,7 @@ pub(super) fn claim_sql() -> String {
          updated_at = ?5 \
          WHERE id = (SELECT id FROM nodes WHERE owner = ?1 AND size = ?2 \
              AND state = 'warm' AND warm_until > ?5 \
-             AND (?3 IS NULL OR location = ?3) \
+             AND (?3 IS NULL OR location = ?3) AND provider = ?6 \
              ORDER BY warm_until, id LIMIT 1) \
          AND state = 'warm' RETURNING {NODE_COLUMNS}"
     )
@@ -180,6 +180,7 @@ impl NodeStore for SqliteStore {
         &self,
         owner: UserId,
         size: VmSize,
+        provider: &str,
         location: Option<&str>,
         task: TaskId,
         now: Timestamp,
@@ -192,6 +193,7 @@ impl NodeStore for SqliteStore {
             .bind(location)
             .bind(task.0)
             .bind(us(now))
+            .bind(provider)
             .fetch_optional(&self.pool)
             .await
             .map_err(map_err)?;

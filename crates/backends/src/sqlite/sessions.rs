@@ -65,7 +65,7 @@ impl SessionStore for SqliteStore {
     async fn create_project(&self, project: &Project) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO projects (id, owner, name, repository_url, default_vm_size, created_at, \
-             updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             updated_at, provider) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .bind(project.id.0)
         .bind(project.owner.0)
@@ -74,6 +74,7 @@ impl SessionStore for SqliteStore {
         .bind(project.default_vm_size.as_str())
         .bind(us(project.created_at))
         .bind(us(project.updated_at))
+        .bind(&project.provider)
         .execute(&self.pool)
         .await
         .map_err(map_err)?;
@@ -109,13 +110,14 @@ impl SessionStore for SqliteStore {
     async fn update_project(&self, project: &Project) -> Result<(), StoreError> {
         let done = sqlx::query(
             "UPDATE projects SET name = ?2, repository_url = ?3, default_vm_size = ?4, \
-             updated_at = ?5 WHERE id = ?1",
+             updated_at = ?5, provider = ?6 WHERE id = ?1",
         )
         .bind(project.id.0)
         .bind(&project.name)
         .bind(&project.repository_url)
         .bind(project.default_vm_size.as_str())
         .bind(us(project.updated_at))
+        .bind(&project.provider)
         .execute(&self.pool)
         .await
         .map_err(map_err)?;

@@ -10,7 +10,7 @@ use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
 use super::rows::{self, TASK_COLUMNS, WORKSPACE_COLUMNS, us};
 use super::{SqliteStore, map_err};
 
-/// Binds a task's columns as `?1..=?20` in [`TASK_COLUMNS`] order.
+/// Binds a task's columns as `?1..=?21` in [`TASK_COLUMNS`] order.
 fn bind_task<'q>(
     query: sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>,
     task: &'q Task,
@@ -36,6 +36,7 @@ fn bind_task<'q>(
         .bind(i64::from(task.attempt))
         .bind(us(task.created_at))
         .bind(us(task.updated_at))
+        .bind(&task.status_detail)
 }
 
 #[async_trait]
@@ -43,7 +44,7 @@ impl TaskStore for SqliteStore {
     async fn create_task(&self, task: &Task) -> Result<(), StoreError> {
         let sql = format!(
             "INSERT INTO tasks ({TASK_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-             ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20 \
+             ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21 \
              WHERE EXISTS (SELECT 1 FROM projects WHERE id = ?2)"
         );
         let done = bind_task(sqlx::query(AssertSqlSafe(sql)), task)
@@ -101,7 +102,8 @@ impl TaskStore for SqliteStore {
              priority = ?6, status = ?7, status_changed_at = ?8, output_branch = ?9, \
              pr_url = ?10, summary = ?11, error_message = ?12, session_id = ?13, \
              workspace_id = ?14, node_id = ?15, vm_size_override = ?16, agent_hint = ?17, \
-             attempt = ?18, created_at = ?19, updated_at = ?20 WHERE id = ?1 AND status = ?21";
+             attempt = ?18, created_at = ?19, updated_at = ?20, status_detail = ?21 \
+             WHERE id = ?1 AND status = ?22";
         let done = bind_task(sqlx::query(sql), task)
             .bind(expected.as_str())
             .execute(&self.pool)

@@ -138,6 +138,7 @@ pub async fn ties_in_order_break_by_id(store: Arc<dyn Store>) {
             .claim_warm_node(
                 f.owner,
                 VmSize::Medium,
+                "memory",
                 None,
                 crate::ids::TaskId::new(),
                 f.now(),

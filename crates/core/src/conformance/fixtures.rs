@@ -37,6 +37,7 @@ impl Fixture {
             name: "conformance".into(),
             repository_url: "/tmp/repo.git".into(),
             default_vm_size: VmSize::Small,
+            provider: "local".into(),
             created_at: now,
             updated_at: now,
         };
@@ -111,6 +112,7 @@ impl Fixture {
             description: format!("{title}: description"),
             priority,
             status,
+            status_detail: None,
             status_changed_at: self.now(),
             output_branch: None,
             pr_url: None,

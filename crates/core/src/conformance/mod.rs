@@ -17,6 +17,7 @@ mod edges;
 mod fixtures;
 mod nodes;
 mod provider;
+mod secrets;
 mod sessions;
 mod tasks;
 mod users;
@@ -29,6 +30,7 @@ pub use edges::*;
 pub use fixtures::Fixture;
 pub use nodes::*;
 pub use provider::provider_suite;
+pub use secrets::*;
 pub use sessions::*;
 pub use tasks::*;
 pub use users::*;
@@ -62,7 +64,10 @@ pub async fn store_suite(store: Arc<dyn Store>) {
     editing_a_message_moves_its_session(store.clone()).await;
     workspace_listing_by_owner_excludes_other_owners(store.clone()).await;
     creates_reject_duplicates_and_unknown_parents(store.clone()).await;
-    a_batch_of_duplicates_announces_nothing(store).await;
+    a_batch_of_duplicates_announces_nothing(store.clone()).await;
+    secrets_are_keyed_replaced_and_deleted(store.clone()).await;
+    project_secrets_override_and_go_with_their_project(store.clone()).await;
+    secret_owners_are_listed_once_and_racing_puts_leave_one(store).await;
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ pub async fn a_claim_takes_the_oldest_warm_node_of_the_same_owner_and_size(store
     let task = TaskId::new();
     assert!(
         store
-            .claim_warm_node(f.owner, VmSize::Small, None, task, f.now())
+            .claim_warm_node(f.owner, VmSize::Small, "memory", None, task, f.now())
             .await
             .unwrap()
             .is_none(),
@@ -32,12 +32,34 @@ pub async fn a_claim_takes_the_oldest_warm_node_of_the_same_owner_and_size(store
     store.insert_node(&elsewhere).await.unwrap();
 
     let claimed = store
-        .claim_warm_node(f.owner, VmSize::Small, Some("nbg1"), task, f.now())
+        .claim_warm_node(
+            f.owner,
+            VmSize::Small,
+            "memory",
+            Some("nbg1"),
+            task,
+            f.now(),
+        )
         .await
         .unwrap();
     assert!(claimed.is_none(), "the location filter holds");
     let claimed = store
-        .claim_warm_node(f.owner, VmSize::Small, Some("hel1"), task, f.now())
+        .claim_warm_node(f.owner, VmSize::Small, "hetzner", None, task, f.now())
+        .await
+        .unwrap();
+    assert!(
+        claimed.is_none(),
+        "the provider filter holds: a warm node of another provider is never claimed"
+    );
+    let claimed = store
+        .claim_warm_node(
+            f.owner,
+            VmSize::Small,
+            "memory",
+            Some("hel1"),
+            task,
+            f.now(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -45,7 +67,7 @@ pub async fn a_claim_takes_the_oldest_warm_node_of_the_same_owner_and_size(store
 
     f.advance(Duration::from_secs(1));
     let claimed = store
-        .claim_warm_node(f.owner, VmSize::Small, None, task, f.now())
+        .claim_warm_node(f.owner, VmSize::Small, "memory", None, task, f.now())
         .await
         .unwrap()
         .expect("a warm node");
@@ -57,14 +79,28 @@ pub async fn a_claim_takes_the_oldest_warm_node_of_the_same_owner_and_size(store
     assert_eq!(claimed.updated_at, f.now());
     assert_eq!(store.get_node(sooner.id).await.unwrap(), Some(claimed));
     let next = store
-        .claim_warm_node(f.owner, VmSize::Small, None, TaskId::new(), f.now())
+        .claim_warm_node(
+            f.owner,
+            VmSize::Small,
+            "memory",
+            None,
+            TaskId::new(),
+            f.now(),
+        )
         .await
         .unwrap()
         .unwrap();
     assert_eq!(next.id, later.id);
     assert!(
         store
-            .claim_warm_node(f.owner, VmSize::Small, None, TaskId::new(), f.now())
+            .claim_warm_node(
+                f.owner,
+                VmSize::Small,
+                "memory",
+                None,
+                TaskId::new(),
+                f.now()
+            )
             .await
             .unwrap()
             .is_none(),
@@ -79,7 +115,14 @@ pub async fn an_expired_warm_node_is_never_claimed(store: Arc<dyn Store>) {
     f.advance(MIN);
     assert!(
         store
-            .claim_warm_node(f.owner, VmSize::Medium, None, TaskId::new(), f.now())
+            .claim_warm_node(
+                f.owner,
+                VmSize::Medium,
+                "memory",
+                None,
+                TaskId::new(),
+                f.now()
+            )
             .await
             .unwrap()
             .is_none()
@@ -107,7 +150,7 @@ pub async fn concurrent_claimers_of_one_warm_node_have_exactly_one_winner(store:
             let owner = f.owner;
             tokio::spawn(async move {
                 store
-                    .claim_warm_node(owner, VmSize::Small, None, task, now)
+                    .claim_warm_node(owner, VmSize::Small, "memory", None, task, now)
                     .await
                     .expect("claim")
                     .map(|n| (n, task))

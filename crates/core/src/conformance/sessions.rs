@@ -32,6 +32,7 @@ pub async fn projects_are_scoped_to_their_owner(store: Arc<dyn Store>) {
         name: "renamed".into(),
         repository_url: "https://example.invalid/r.git".into(),
         default_vm_size: VmSize::Large,
+        provider: "hetzner".into(),
         updated_at: a.later(Duration::from_secs(5)),
         ..a.project.clone()
     };

@@ -13,6 +13,7 @@ use crate::model::{
     topic_from_message,
 };
 use crate::node::NodeState;
+use crate::secret_store::{SecretKey, SecretKind, SecretStore, StoredSecret};
 use crate::store::{
     ApiToken, Change, DestroyGuard, InsertOutcome, MessagePage, NodeQuery, NodeStore, SessionPatch,
     SessionQuery, SessionStore, StoreError, StoreEvent, TaskQuery, TaskStore, UserStore,
@@ -38,6 +39,7 @@ struct State {
     nodes: HashMap<NodeId, Node>,
     users: HashMap<UserId, User>,
     tokens: HashMap<uuid::Uuid, ApiToken>,
+    secrets: HashMap<SecretKey, StoredSecret>,
 }
 
 impl Default for MemoryStore {
@@ -110,6 +112,7 @@ impl SessionStore for MemoryStore {
         stored.name.clone_from(&project.name);
         stored.repository_url.clone_from(&project.repository_url);
         stored.default_vm_size = project.default_vm_size;
+        stored.provider.clone_from(&project.provider);
         stored.updated_at = project.updated_at;
         Ok(())
     }
@@ -120,6 +123,7 @@ impl SessionStore for MemoryStore {
             return Ok(false);
         }
         s.tasks.retain(|_, t| t.project_id != id);
+        s.secrets.retain(|key, _| key.project_id != Some(id));
         let gone: Vec<SessionId> = s
             .sessions
             .values()
@@ -487,6 +491,47 @@ impl UserStore for MemoryStore {
     }
 }
 
+#[async_trait]
+impl SecretStore for MemoryStore {
+    async fn put_secret(&self, secret: &StoredSecret) -> Result<StoredSecret, StoreError> {
+        let mut s = self.lock();
+        if let Some(project) = secret.key.project_id
+            && s.projects
+                .get(&project)
+                .is_none_or(|p| p.owner != secret.key.owner)
+        {
+            return Err(StoreError::not_found("project", project));
+        }
+        let mut stored = secret.clone();
+        if let Some(old) = s.secrets.get(&secret.key) {
+            stored.created_at = old.created_at;
+        }
+        s.secrets.insert(secret.key, stored.clone());
+        Ok(stored)
+    }
+
+    async fn get_secret(&self, key: &SecretKey) -> Result<Option<StoredSecret>, StoreError> {
+        Ok(self.lock().secrets.get(key).cloned())
+    }
+
+    async fn delete_secret(&self, key: &SecretKey) -> Result<bool, StoreError> {
+        Ok(self.lock().secrets.remove(key).is_some())
+    }
+
+    async fn secret_owners(&self, kind: SecretKind) -> Result<Vec<UserId>, StoreError> {
+        let mut owners: Vec<UserId> = self
+            .lock()
+            .secrets
+            .keys()
+            .filter(|k| k.kind == kind)
+            .map(|k| k.owner)
+            .collect();
+        owners.sort_unstable_by_key(|o| o.0);
+        owners.dedup();
+        Ok(owners)
+    }
+}
+
 fn node_matches(n: &Node, q: &NodeQuery) -> bool {
     q.owner.is_none_or(|o| n.owner == o)
         && (q.states.is_empty() || q.states.contains(&n.state))
@@ -545,6 +590,7 @@ impl NodeStore for MemoryStore {
         &self,
         owner: UserId,
         size: VmSize,
+        provider: &str,
         location: Option<&str>,
         task: TaskId,
         now: Timestamp,
@@ -556,6 +602,7 @@ impl NodeStore for MemoryStore {
             .filter(|n| {
                 n.owner == owner
                     && n.size == size
+                    && n.provider == provider
                     && n.state == NodeState::Warm
                     && n.warm_until.is_some_and(|w| w > now)
                     && location.is_none_or(|l| n.location.as_deref() == Some(l))

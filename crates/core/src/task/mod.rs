@@ -316,6 +316,8 @@ impl Task {
         }
         self.status = after.status;
         self.status_changed_at = after.since;
+        // A progress note belongs to the status it was given in.
+        self.status_detail = None;
         self.updated_at = now;
         Ok(effects)
     }

@@ -178,6 +178,7 @@ fn sample_task(now: Timestamp) -> Task {
         description: "d".into(),
         priority: 0,
         status: TaskStatus::Draft,
+        status_detail: None,
         status_changed_at: now,
         output_branch: None,
         pr_url: None,

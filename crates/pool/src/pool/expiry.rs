@@ -58,7 +58,14 @@ impl WarmPool {
         tracing::info!(node = %node_id, ?phase, from = %before.state, "destroying node");
         self.announce(before.owner, node_id).await;
         Ok(self
-            .delete_at_provider(node_id, before.owner, before.provider_id, 1, phase)
+            .delete_at_provider(
+                node_id,
+                before.owner,
+                &before.provider,
+                before.provider_id,
+                1,
+                phase,
+            )
             .await)
     }
 
@@ -67,13 +74,17 @@ impl WarmPool {
         &self,
         node_id: NodeId,
         owner: UserId,
+        provider: &str,
         provider_id: Option<String>,
         attempt: u32,
         phase: Phase,
     ) -> ActionResult {
-        let result = match &provider_id {
-            None => Ok(()),
-            Some(id) => self.provider.destroy(id).await,
+        let result = match (&provider_id, self.provider_named(provider)) {
+            (None, _) => Ok(()),
+            (Some(id), Ok(at)) => at.destroy(id).await,
+            (Some(_), Err(e)) => Err(kiln_core::ProviderError::Unavailable {
+                message: e.to_string(),
+            }),
         };
         let settings = self.settings();
         let lock = |s: &Self| {
@@ -124,6 +135,7 @@ impl WarmPool {
                                 provider_id,
                                 owner,
                                 phase,
+                                provider: provider.to_owned(),
                             },
                         );
                 }
@@ -154,6 +166,7 @@ impl WarmPool {
                 .delete_at_provider(
                     node_id,
                     retry.owner,
+                    &retry.provider,
                     Some(retry.provider_id.clone()),
                     retry.attempt + 1,
                     retry.phase,

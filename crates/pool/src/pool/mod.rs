@@ -94,9 +94,14 @@ struct DestroyRetry {
     provider_id: String,
     owner: UserId,
     phase: Phase,
+    provider: String,
 }
 
-/// The warm node pool over a [`Store`], a [`NodeProvider`] and a [`LifecycleClock`].
+/// The warm node pool over a [`Store`], [`NodeProvider`]s and a [`LifecycleClock`].
+///
+/// A pool has a default provider and may know more ([`with_provider`](Self::with_provider)):
+/// each node row names its provider, every later call about the node (delete, orphan
+/// listing) goes to that one, and a claim only takes a warm node of the provider asked for.
 ///
 /// Every node state change goes through the store's guarded methods, so several pools
 /// (server replicas) over one database never hand a node to two tasks nor destroy a node a
@@ -105,6 +110,7 @@ struct DestroyRetry {
 pub struct WarmPool {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) provider: Arc<dyn NodeProvider>,
+    providers: BTreeMap<String, Arc<dyn NodeProvider>>,
     pub(crate) clock: Arc<dyn LifecycleClock>,
     settings: RwLock<Settings>,
     bootstrap: Arc<dyn NodeBootstrapper>,
@@ -154,6 +160,7 @@ impl WarmPool {
     ) -> Self {
         Self {
             store,
+            providers: BTreeMap::from([(provider.name().to_owned(), provider.clone())]),
             provider,
             clock,
             settings: RwLock::new(settings),
@@ -164,6 +171,38 @@ impl WarmPool {
             first_seen: Mutex::default(),
             prewarm_backoff: Mutex::default(),
         }
+    }
+
+    /// Also provisions nodes from `provider` (under its [`name`](NodeProvider::name)) when an
+    /// acquire asks for it; replaces a provider of the same name.
+    #[must_use]
+    pub fn with_provider(mut self, provider: Arc<dyn NodeProvider>) -> Self {
+        if provider.name() == self.provider.name() {
+            self.provider = provider.clone();
+        }
+        self.providers.insert(provider.name().to_owned(), provider);
+        self
+    }
+
+    /// The default provider's name (the one [`acquire`](Self::acquire) and pre-warming use).
+    #[must_use]
+    pub fn default_provider(&self) -> &str {
+        self.provider.name()
+    }
+
+    /// Every provider this pool knows, by name.
+    #[must_use]
+    pub fn providers(&self) -> Vec<Arc<dyn NodeProvider>> {
+        self.providers.values().cloned().collect()
+    }
+
+    /// The provider named `name`.
+    pub(crate) fn provider_named(&self, name: &str) -> Result<&Arc<dyn NodeProvider>, Error> {
+        self.providers
+            .get(name)
+            .ok_or_else(|| Error::UnknownProvider {
+                name: name.to_owned(),
+            })
     }
 
     /// Uses `bootstrap` to make each new node's bootstrap (URL and callback token).
@@ -262,23 +301,60 @@ impl WarmPool {
         location: Option<&str>,
         task: TaskId,
     ) -> Result<Acquired, Error> {
-        let started = self.clock.now();
-        if let Some(node) = self
-            .store
-            .claim_warm_node(owner, size, location, task, started)
+        let provider = self.default_provider().to_owned();
+        if let Some(acquired) = self
+            .claim_warm(&provider, owner, size, location, task)
             .await?
         {
-            tracing::info!(node = %node.id, %task, "claimed a warm node");
-            self.announce(node.owner, node.id).await;
-            return Ok(Acquired {
-                node,
-                source: AcquireSource::Warm,
-                waited: Duration::ZERO,
-            });
+            return Ok(acquired);
         }
+        self.provision_for(&provider, owner, size, location, task)
+            .await
+    }
+
+    /// Claims a warm node of `provider`, `owner` and `size` (and `location`) for `task`
+    /// atomically, if there is one.
+    pub async fn claim_warm(
+        &self,
+        provider: &str,
+        owner: UserId,
+        size: VmSize,
+        location: Option<&str>,
+        task: TaskId,
+    ) -> Result<Option<Acquired>, Error> {
+        let now = self.clock.now();
+        let Some(node) = self
+            .store
+            .claim_warm_node(owner, size, provider, location, task, now)
+            .await?
+        else {
+            return Ok(None);
+        };
+        tracing::info!(node = %node.id, %task, provider, "claimed a warm node");
+        self.announce(node.owner, node.id).await;
+        Ok(Some(Acquired {
+            node,
+            source: AcquireSource::Warm,
+            waited: Duration::ZERO,
+        }))
+    }
+
+    /// Provisions a node of `provider` for `task` (a cold start) and waits until it reports
+    /// ready (at most [`Settings::provisioning_timeout`]).
+    pub async fn provision_for(
+        &self,
+        provider: &str,
+        owner: UserId,
+        size: VmSize,
+        location: Option<&str>,
+        task: TaskId,
+    ) -> Result<Acquired, Error> {
+        let started = self.clock.now();
         self.ensure_feed().await;
         let mut changes = self.signals.subscribe();
-        let node = self.provision(owner, size, location, Some(task)).await?;
+        let node = self
+            .provision(provider, owner, size, location, Some(task))
+            .await?;
         tracing::info!(node = %node.id, %task, "provisioning a node (no warm node to claim)");
         let timeout = self.settings().provisioning_timeout;
         let deadline = add_duration(started, timeout);
@@ -345,18 +421,20 @@ impl WarmPool {
     /// Stores a provisioning node (claimed by `task`, if any) and asks the provider for it.
     pub(crate) async fn provision(
         &self,
+        provider: &str,
         owner: UserId,
         size: VmSize,
         location: Option<&str>,
         task: Option<TaskId>,
     ) -> Result<Node, Error> {
+        let provider = self.provider_named(provider)?.clone();
         let now = self.clock.now();
         let mut node = Node {
             id: NodeId::new(),
             owner,
             size,
             location: location.map(str::to_owned),
-            provider: self.provider.name().to_owned(),
+            provider: provider.name().to_owned(),
             provider_id: None,
             state: NodeState::Provisioning,
             warm_until: None,
@@ -378,7 +456,10 @@ impl WarmPool {
             location: node.location.clone(),
             bootstrap: self.bootstrap.bootstrap(&node),
         };
-        match self.create_at_provider(&spec, task.is_some()).await {
+        match self
+            .create_at_provider(provider.as_ref(), &spec, task.is_some())
+            .await
+        {
             Ok(server) => {
                 let now = self.clock.now();
                 self.store
@@ -413,6 +494,7 @@ impl WarmPool {
     /// `retry_after`) while the provisioning timeout allows; create is idempotent per node id.
     async fn create_at_provider(
         &self,
+        provider: &dyn NodeProvider,
         spec: &NodeSpec,
         patient: bool,
     ) -> Result<kiln_core::ProvisionedNode, kiln_core::ProviderError> {
@@ -420,7 +502,7 @@ impl WarmPool {
         let deadline = add_duration(self.clock.now(), settings.provisioning_timeout);
         let mut attempt: u32 = 1;
         loop {
-            let error = match self.provider.create(spec).await {
+            let error = match provider.create(spec).await {
                 Ok(server) => return Ok(server),
                 Err(error) if patient && error.is_retryable() => error,
                 Err(error) => return Err(error),

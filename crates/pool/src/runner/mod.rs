@@ -15,6 +15,9 @@ use crate::controller::{DestroyProgress, WorkspaceController, WorkspaceRequest};
 use crate::error::Error;
 use crate::pool::WarmPool;
 
+/// The [`status_detail`](Task::status_detail) of a queued task while its new node boots.
+pub const PROVISIONING_DETAIL: &str = "provisioning node…";
+
 /// A task to create and run at once (Run Now).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTask {
@@ -159,6 +162,7 @@ impl TaskRunner {
             description: new.description,
             priority: new.priority,
             status: TaskStatus::Draft,
+            status_detail: None,
             status_changed_at: now,
             output_branch: None,
             pr_url: None,
@@ -317,14 +321,7 @@ impl TaskRunner {
             .get_project(task.project_id)
             .await?
             .ok_or_else(|| Error::not_found("project", task.project_id))?;
-        let size = task.effective_vm_size(&project);
-        let location = self.inner.pool.settings().location;
-        let acquired = match self
-            .inner
-            .pool
-            .acquire(task.owner, size, location.as_deref(), id)
-            .await
-        {
+        let acquired = match self.acquire_node(&task, &project).await {
             Ok(acquired) => acquired,
             Err(e) => {
                 tracing::warn!(task = %id, error = %e, "no node for the task");
@@ -356,6 +353,54 @@ impl TaskRunner {
             }
         }
         self.task(id).await
+    }
+
+    /// A warm node of the project's provider, else a new one; while a new one boots the
+    /// queued task says so in its [`status_detail`](Task::status_detail).
+    async fn acquire_node(
+        &self,
+        task: &Task,
+        project: &kiln_core::Project,
+    ) -> Result<crate::pool::Acquired, Error> {
+        let pool = &self.inner.pool;
+        let size = task.effective_vm_size(project);
+        let location = pool.settings().location;
+        let provider = project.provider.as_str();
+        if let Some(acquired) = pool
+            .claim_warm(provider, task.owner, size, location.as_deref(), task.id)
+            .await?
+        {
+            return Ok(acquired);
+        }
+        self.set_status_detail(task.id, TaskStatus::Queued, PROVISIONING_DETAIL)
+            .await;
+        pool.provision_for(provider, task.owner, size, location.as_deref(), task.id)
+            .await
+    }
+
+    /// Notes progress on a task still in `status` (best effort: a task that moved on keeps
+    /// its new status's detail).
+    async fn set_status_detail(&self, id: TaskId, status: TaskStatus, detail: &str) {
+        let result = async {
+            let mut task = self.task(id).await?;
+            if task.status != status {
+                return Ok(());
+            }
+            task.status_detail = Some(detail.to_owned());
+            task.updated_at = self.now();
+            self.store().update_task(&task, status).await?;
+            self.publish(
+                task.owner,
+                Some(task.project_id),
+                Change::Task { task_id: id },
+            )
+            .await;
+            Ok::<(), Error>(())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::debug!(task = %id, error = %e, "could not note the task's progress");
+        }
     }
 
     async fn create_workspace(

@@ -55,6 +55,7 @@ impl Harness {
             name: "harness".into(),
             repository_url: "/srv/harness.git".into(),
             default_vm_size: VmSize::Small,
+            provider: "memory".into(),
             created_at: clock.now(),
             updated_at: clock.now(),
         };

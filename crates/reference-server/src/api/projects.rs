@@ -1,4 +1,4 @@
-//! `/api/projects`: create, list, get, update (incl. `defaultVmSize`), delete.
+//! `/api/projects`: create, list, get, update (incl. `defaultVmSize` and `provider`), delete.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -19,6 +19,9 @@ pub struct CreateProject {
     repository_url: String,
     #[serde(default)]
     default_vm_size: Option<VmSize>,
+    /// `local` or `hetzner` (those the server enables); default: the server's default.
+    #[serde(default)]
+    provider: Option<String>,
 }
 
 /// Body of `PATCH /api/projects/{id}`.
@@ -28,6 +31,22 @@ pub struct UpdateProject {
     name: Option<String>,
     repository_url: Option<String>,
     default_vm_size: Option<VmSize>,
+    provider: Option<String>,
+}
+
+/// `provider` if this server enables it, else a 422 naming the ones it does.
+fn check_provider(state: &AppState, provider: &str) -> Result<String, ApiError> {
+    if state.settings.providers.iter().any(|p| p == provider) {
+        return Ok(provider.to_owned());
+    }
+    Err(ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_body",
+        format!(
+            "provider {provider:?} is not enabled on this server; expected one of: {}",
+            state.settings.providers.join(", ")
+        ),
+    ))
 }
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
@@ -55,6 +74,12 @@ pub(crate) async fn create(
 ) -> ApiResult<impl IntoResponse> {
     check_text("name", &body.name, 200)?;
     check_text("repositoryUrl", &body.repository_url, 4096)?;
+    let provider = check_provider(
+        &state,
+        body.provider
+            .as_deref()
+            .unwrap_or(state.settings.default_provider()),
+    )?;
     let now = state.clock.now();
     let project = Project {
         id: ProjectId::new(),
@@ -62,6 +87,7 @@ pub(crate) async fn create(
         name: body.name.trim().to_owned(),
         repository_url: body.repository_url.trim().to_owned(),
         default_vm_size: body.default_vm_size.unwrap_or_default(),
+        provider,
         created_at: now,
         updated_at: now,
     };
@@ -103,6 +129,9 @@ pub(crate) async fn update(
     }
     if let Some(size) = body.default_vm_size {
         project.default_vm_size = size;
+    }
+    if let Some(provider) = body.provider {
+        project.provider = check_provider(&state, &provider)?;
     }
     project.updated_at = state.clock.now();
     state.store.update_project(&project).await?;

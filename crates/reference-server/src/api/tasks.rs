@@ -122,6 +122,7 @@ pub(crate) async fn create(
         description: body.description.clone(),
         priority: body.priority.unwrap_or(0),
         status: TaskStatus::Draft,
+        status_detail: None,
         status_changed_at: now,
         output_branch: None,
         pr_url: None,

@@ -62,15 +62,24 @@ impl TestServer {
         let runner = kiln_pool::TaskRunner::new(Arc::new(pool), Arc::new(controller));
         let state = AppState {
             store: store.clone(),
-            clock,
+            clock: clock.clone(),
             signer,
             commands,
             live: Arc::new(LiveHub::default()),
             driver: Arc::new(PoolDriver::new(runner.clone())),
             settings: Arc::new(Settings {
                 public_url: url.clone(),
+                providers: vec!["memory".into()],
                 ..Settings::default()
             }),
+            credentials: Arc::new(
+                kiln_server::credentials::Credentials::new(
+                    kiln_backends::vault::Vault::new(kiln_backends::vault::VaultKey::generate()),
+                    kiln_backends::hetzner::HetznerSettings::default(),
+                    clock.clone(),
+                )
+                .unwrap(),
+            ),
         };
         let router = app(state.clone());
         tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
