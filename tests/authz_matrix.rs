@@ -574,6 +574,9 @@ fn body_for(method: &str, template: &str, ann: &World, bob: &World) -> Value {
         }
         ("patch", "/api/tasks/{taskId}") => json!({"title": "stolen", "status": "ready"}),
         ("post", "/api/sessions/{sessionId}/prompt") => json!({"text": "evil"}),
+        ("post", "/api/projects/{projectId}/sessions") => {
+            json!({"prompt": "evil", "vmSize": "small"})
+        }
         ("post", "/api/nodes/{nodeId}/hello") => {
             json!({"nodeId": ann.node, "version": "evil", "workspaces": []})
         }

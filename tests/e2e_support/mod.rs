@@ -97,14 +97,24 @@ pub struct Kiln {
     /// Its database URL.
     pub database_url: Option<String>,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Kiln {
     /// Starts `kiln serve` on a free port over `data_dir` (and `database_url`, else SQLite).
     pub async fn start(data_dir: &Path, database_url: Option<&str>, env: &[(&str, &str)]) -> Self {
+        Self::start_on(free_port(), data_dir, database_url, env).await
+    }
+
+    /// Starts `kiln serve` on `port` (a restart keeps the port, so nodes find it again).
+    pub async fn start_on(
+        port: u16,
+        data_dir: &Path,
+        database_url: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let bins = bin_dir();
         std::fs::create_dir_all(data_dir).unwrap();
-        let port = free_port();
         let log = data_dir.join("kiln.log");
         let mut cmd = Command::new(bins.join("kiln"));
         cmd.arg("serve")
@@ -116,7 +126,13 @@ impl Kiln {
             .arg("false")
             .env("KILN_LOG", "info,kiln_server=debug")
             .env("KILN_NODE_BIN", bins.join("kiln-node"))
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stdout(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            ))
             .stderr(Stdio::from(
                 std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
             ));
@@ -133,6 +149,10 @@ impl Kiln {
             data_dir: data_dir.to_owned(),
             database_url: database_url.map(str::to_owned),
             log,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         let http = reqwest::Client::new();
         let started = Instant::now();
@@ -171,6 +191,22 @@ impl Kiln {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Stops the server (SIGTERM, graceful) and starts it again on the same port, data
+    /// directory, database and environment; the log continues in the same file.
+    pub async fn restart(&mut self) {
+        let status = self.stop();
+        assert!(status.success(), "kiln stopped with {status}");
+        let port: u16 = self.base.rsplit(':').next().unwrap().parse().unwrap();
+        let env = std::mem::take(&mut self.env);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let next = Self::start_on(port, &self.data_dir, self.database_url.as_deref(), &env).await;
+        // Only the process moves over: dropping `next` would stop the nodes this test wants
+        // to see reconnect.
+        let mut next = std::mem::ManuallyDrop::new(next);
+        self.child = next.child.take();
+        self.env = std::mem::take(&mut next.env);
     }
 
     /// Stops the server with SIGTERM and waits for it to exit (graceful shutdown).

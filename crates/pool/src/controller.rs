@@ -18,17 +18,20 @@ pub struct WorkspaceRequest {
     pub workspace_id: WorkspaceId,
     /// The project whose repository it checks out.
     pub project_id: ProjectId,
-    /// The task it runs.
-    pub task_id: TaskId,
+    /// The task it runs (none for a chat without a task).
+    pub task_id: Option<TaskId>,
     /// The chat session its messages go to.
     pub session_id: SessionId,
     /// The repository to check out.
     pub repository_url: String,
-    /// The branch to create: `task/<id>` (the node adds `-2`, `-3`… when it exists).
-    pub branch: String,
-    /// The first prompt, with the id derived from the task
-    /// ([`MessageId::for_task_prompt`](kiln_core::MessageId::for_task_prompt)).
-    pub prompt: Prompt,
+    /// The branch to create: `task/<id>` (the node adds `-2`, `-3`… when it exists). None
+    /// for a chat without a task: it works on the repository's default branch and nothing
+    /// is committed or pushed.
+    pub branch: Option<String>,
+    /// The first prompt: a task's description under the id derived from the task
+    /// ([`MessageId::for_task_prompt`](kiln_core::MessageId::for_task_prompt)), or a chat's
+    /// first message if it was opened with one.
+    pub prompt: Option<Prompt>,
     /// Which agent to run, if the task asked for one.
     pub agent_hint: Option<String>,
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kiln_core::task::TransitionError;
-use kiln_core::{NodeId, ProviderError, StoreError, TaskId};
+use kiln_core::{NodeId, ProviderError, SessionId, StoreError, TaskId};
 
 use crate::controller::ControllerError;
 
@@ -74,6 +74,12 @@ pub enum Error {
         entity: &'static str,
         /// Its id.
         id: String,
+    },
+    /// The session belongs to a task: it is not a chat the user can close (cancel the task).
+    #[error("session {session} belongs to a task; cancel the task instead of closing its session")]
+    NotAChat {
+        /// The session.
+        session: SessionId,
     },
     /// Another writer kept moving the task; the action was not applied.
     #[error("task {task} kept changing under a concurrent writer")]

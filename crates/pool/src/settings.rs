@@ -54,9 +54,10 @@ pub struct Settings {
     /// idle nodes younger than this are left alone by the sweep (they may be booting, or
     /// their store row may be about to appear).
     pub boot_grace: Duration,
-    /// `NODE_HEARTBEAT_TIMEOUT_MS` (default 3 min): a node whose agent host has sent
-    /// heartbeats and then stays silent this long is lost: the task on it fails with that
-    /// reason and the node is destroyed (nodes that never sent a heartbeat are not judged).
+    /// `NODE_HEARTBEAT_TIMEOUT_MS` (default 90 s, six missed 15 s heartbeats): a node whose
+    /// agent host has sent heartbeats and then stays silent this long is lost: the task on
+    /// it fails with "node lost", its chats stop, and the node is destroyed (nodes that
+    /// never sent a heartbeat are not judged).
     pub heartbeat_timeout: Duration,
     /// `NODE_LOCATION` (default none: the provider's default): where new nodes are created.
     pub location: Option<String>,
@@ -83,7 +84,7 @@ impl Default for Settings {
             provisioning_timeout: minutes(10),
             ready_poll_interval: Duration::from_secs(5),
             boot_grace: minutes(10),
-            heartbeat_timeout: minutes(3),
+            heartbeat_timeout: Duration::from_secs(90),
             location: None,
             prewarm: Vec::new(),
             task_limits: TransientLimits::default(),

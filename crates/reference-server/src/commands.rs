@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kiln_core::protocol::{NodeCommand, SequencedCommand};
-use kiln_core::{Change, MessagePage, NodeId, NodeState, Store, StoreError, StoreEvent};
+use kiln_core::protocol::{NodeCommand, Prompt, SequencedCommand};
+use kiln_core::{Change, MessagePage, NodeId, NodeState, SessionId, Store, StoreError, StoreEvent};
 use tokio::sync::watch;
 
 /// The most commands kept for one node; older undelivered ones are dropped (a replica keeps
@@ -211,6 +211,13 @@ async fn refill(store: &Arc<dyn Store>, command: &mut NodeCommand) -> Result<(),
                 p.text = t.description;
             }
         }
+        // A chat's first prompt: stored in its session.
+        NodeCommand::CreateWorkspace {
+            task_id: None,
+            session_id: Some(session),
+            prompt: Some(p),
+            ..
+        } if p.text.is_empty() => refill_from_session(store, *session, p).await?,
         NodeCommand::Prompt {
             workspace_id,
             prompt: p,
@@ -220,15 +227,25 @@ async fn refill(store: &Arc<dyn Store>, command: &mut NodeCommand) -> Result<(),
                 .await?
                 .and_then(|w| w.session_id);
             if let Some(session) = session {
-                let recent = store
-                    .list_messages(session, MessagePage::Latest { limit: 500 })
-                    .await?;
-                if let Some(m) = recent.iter().find(|m| m.message.id == p.message_id) {
-                    p.text.clone_from(&m.message.content);
-                }
+                refill_from_session(store, session, p).await?;
             }
         }
         _ => {}
+    }
+    Ok(())
+}
+
+/// Reads a prompt's text back from the recent messages of its session.
+async fn refill_from_session(
+    store: &Arc<dyn Store>,
+    session: SessionId,
+    prompt: &mut Prompt,
+) -> Result<(), StoreError> {
+    let recent = store
+        .list_messages(session, MessagePage::Latest { limit: 500 })
+        .await?;
+    if let Some(m) = recent.iter().find(|m| m.message.id == prompt.message_id) {
+        prompt.text.clone_from(&m.message.content);
     }
     Ok(())
 }

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::http::StatusCode;
 use kiln_core::protocol::{NodeCommand, WorkspaceEvent};
-use kiln_core::{LifecycleClock, Node, NodeBootstrap, NodeId, Store, Task, TaskId, WorkspaceId};
+use kiln_core::{
+    ChatSession, LifecycleClock, Node, NodeBootstrap, NodeId, SessionId, Store, Task, TaskId,
+    WorkspaceId,
+};
 use kiln_pool::{
     ControllerError, DestroyProgress, NodeBootstrapper, TaskRunner, WorkspaceController,
     WorkspaceRequest,
@@ -27,6 +30,7 @@ impl From<kiln_pool::Error> for ApiError {
             E::InvalidTransition { source, .. } => source.into(),
             E::NotFound { entity, .. } => Self::not_found(entity),
             E::Contended { .. } => Self::conflict("the task keeps changing; retry"),
+            e @ E::NotAChat { .. } => Self::conflict(e.to_string()),
             other => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -62,6 +66,14 @@ impl TaskDriver for PoolDriver {
 
     async fn cancel(&self, task: TaskId) -> Result<Task, ApiError> {
         Ok(self.runner.cancel(task).await?)
+    }
+
+    async fn open_chat(&self, chat: kiln_pool::NewChat) -> Result<ChatSession, ApiError> {
+        Ok(self.runner.open_chat(chat).await?)
+    }
+
+    async fn close_chat(&self, session: SessionId) -> Result<ChatSession, ApiError> {
+        Ok(self.runner.close_chat(session).await?)
     }
 
     async fn node_ready(&self, node: NodeId) -> Result<(), ApiError> {
@@ -178,10 +190,10 @@ impl WorkspaceController for NodeController {
                 workspace_id: id,
                 project_id: Some(request.project_id),
                 session_id: Some(request.session_id),
-                task_id: Some(request.task_id),
+                task_id: request.task_id,
                 repository_url: request.repository_url.clone(),
-                branch: Some(request.branch.clone()),
-                prompt: Some(request.prompt.clone()),
+                branch: request.branch.clone(),
+                prompt: request.prompt.clone(),
                 callback_token: token,
                 agent_hint: request.agent_hint.clone(),
                 git_token: None,

@@ -7,7 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kiln_core::protocol::WorkspaceEvent;
 use kiln_core::{
-    Change, LifecycleClock, NodeId, ProjectId, Store, StoreEvent, Task, TaskId, UserId,
+    Change, ChatSession, LifecycleClock, NodeId, ProjectId, SessionId, Store, StoreEvent, Task,
+    TaskId, UserId,
 };
 
 use crate::commands::CommandQueues;
@@ -26,6 +27,11 @@ pub trait TaskDriver: Send + Sync + fmt::Debug + 'static {
     async fn rerun(&self, task: TaskId) -> Result<Task, ApiError>;
     /// Cancels a task; its agent is stopped and its workspace kept.
     async fn cancel(&self, task: TaskId) -> Result<Task, ApiError>;
+    /// Opens a chat without a task (the session is returned at once; its node and workspace
+    /// come in the background).
+    async fn open_chat(&self, chat: kiln_pool::NewChat) -> Result<ChatSession, ApiError>;
+    /// Closes a chat without a task: its workspace is destroyed and its node released.
+    async fn close_chat(&self, session: SessionId) -> Result<ChatSession, ApiError>;
     /// A node's agent host said hello (it is ready).
     async fn node_ready(&self, node: NodeId) -> Result<(), ApiError>;
     /// A node reported what happened to one of its workspaces.

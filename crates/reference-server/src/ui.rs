@@ -51,6 +51,7 @@ static ASSETS: &[Asset] = &[
     asset!("js/api.js", JS),
     asset!("js/board.js", JS),
     asset!("js/chat.js", JS),
+    asset!("js/chat-dialog.js", JS),
     asset!("js/composer.js", JS),
     asset!("js/dom.js", JS),
     asset!("js/live.js", JS),

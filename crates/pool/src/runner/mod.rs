@@ -436,14 +436,14 @@ impl TaskRunner {
             node_id: node,
             workspace_id,
             project_id: task.project_id,
-            task_id: task.id,
+            task_id: Some(task.id),
             session_id,
             repository_url: repository_url.to_owned(),
-            branch: task.branch_name(),
-            prompt: Prompt {
+            branch: Some(task.branch_name()),
+            prompt: Some(Prompt {
                 message_id: MessageId::for_task_prompt(task.id),
                 text: task.description.clone(),
-            },
+            }),
             agent_hint: task.agent_hint.clone(),
         };
         if let Err(e) = self.inner.workspaces.create_workspace(&request).await {
@@ -589,5 +589,8 @@ impl TaskRunner {
     }
 }
 
+mod chat;
 mod reports;
 mod tick;
+
+pub use chat::{NewChat, chat_claim};

@@ -45,6 +45,8 @@ impl TaskRunner {
         if let Some(task) = self.current_task_of(&ws).await? {
             self.finish(task, &TaskEvent::AgentStarted { workspace, branch })
                 .await?;
+        } else if ws.task_id.is_none() {
+            self.chat_started(&ws).await?;
         }
         Ok(())
     }
@@ -82,6 +84,9 @@ impl TaskRunner {
         if let Some(task) = self.current_task_of(&ws).await? {
             let reason = error.to_owned();
             self.finish(task, &TaskEvent::Failed { reason }).await?;
+        } else if ws.task_id.is_none() {
+            tracing::warn!(%workspace, %error, "chat agent failed");
+            self.chat_failed(&ws).await?;
         }
         Ok(())
     }

@@ -39,6 +39,11 @@ impl TaskRunner {
                 continue;
             };
             tracing::warn!(node = %node.id, last_heartbeat = ?node.last_heartbeat_at, "node lost");
+            let reason = format!(
+                "node lost: node {} stopped responding (no heartbeat for {} s)",
+                node.id,
+                timeout.as_secs()
+            );
             for effect in effects {
                 match effect {
                     NodeEffect::FailClaimingTask { task, .. } => {
@@ -47,16 +52,17 @@ impl TaskRunner {
                             .get_task(task)
                             .await?
                             .is_some_and(|t| t.node_id == Some(node.id));
-                        let reason = format!(
-                            "node {} stopped responding (no heartbeat for {} s)",
-                            node.id,
-                            timeout.as_secs()
-                        );
-                        if holds && self.finish(task, &TaskEvent::Failed { reason }).await? {
+                        let failure = TaskEvent::Failed {
+                            reason: reason.clone(),
+                        };
+                        if holds && self.finish(task, &failure).await? {
                             failed.push(self.task(task).await?);
                         }
                     }
                     NodeEffect::DestroyAtProvider => {
+                        if let Err(e) = self.chats_lost_with(node.id, &reason).await {
+                            tracing::warn!(node = %node.id, error = %e, "could not end the lost node's chats");
+                        }
                         let result = pool
                             .destroy_node(node.id, DestroyGuard::Any, Phase::Lost)
                             .await?;

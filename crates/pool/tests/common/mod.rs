@@ -180,7 +180,7 @@ pub async fn fifty_concurrent_runs(store: Arc<dyn Store>) -> String {
         while let Some(request) = requests.recv().await {
             let runner = runner.clone();
             tokio::spawn(async move {
-                let branch = Some(request.branch.clone());
+                let branch = request.branch.clone();
                 runner
                     .agent_started(request.workspace_id, branch.clone())
                     .await

@@ -3,7 +3,9 @@
 //! The contract, in the order it is checked:
 //! 1. `Authorization: Bearer` workspace callback token: missing, invalid or expired → 401;
 //!    a token for another workspace (or a node token) → 403.
-//! 2. The workspace must exist → 404 `workspace_not_found`.
+//! 2. The workspace must exist → 404 `workspace_not_found`; its node must not be stopped
+//!    (destroying, destroyed or failed: a lost node that came back) → 410 `node_stopped`,
+//!    so a run the control plane gave up on adds nothing to its session.
 //! 3. `Content-Type: application/json` → else 415; body ≤ 256 KiB → else 413.
 //! 4. `{"messages": [...]}` with 1–100 messages → else 400.
 //! 5. Each message: an id, role in user/assistant/system/tool, non-empty content, an RFC 3339
@@ -106,6 +108,7 @@ pub(crate) async fn post(
                 "the workspace does not exist",
             )
         })?;
+    crate::api::node_protocol::live_node(&state, workspace.node_id).await?;
     // 3. Media type and size.
     let is_json = headers
         .get(header::CONTENT_TYPE)

@@ -31,7 +31,10 @@ pub(crate) fn router() -> Router<AppState> {
             "/api/projects/{projectId}/tasks",
             get(tasks::list).post(tasks::create),
         )
-        .route("/api/projects/{projectId}/sessions", get(sessions::list))
+        .route(
+            "/api/projects/{projectId}/sessions",
+            get(sessions::list).post(sessions::open),
+        )
         .route("/api/projects/{projectId}/ws", get(crate::ws::connect))
         .route(
             "/api/tasks/{taskId}",
@@ -46,6 +49,7 @@ pub(crate) fn router() -> Router<AppState> {
             get(sessions::messages),
         )
         .route("/api/sessions/{sessionId}/prompt", post(sessions::prompt))
+        .route("/api/sessions/{sessionId}/close", post(sessions::close))
         .route("/api/nodes", get(nodes::list))
         .route("/api/nodes/{nodeId}", get(nodes::get))
         .route("/api/nodes/{nodeId}/hello", post(node_protocol::hello))

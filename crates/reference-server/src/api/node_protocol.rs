@@ -86,6 +86,12 @@ async fn authorized_node(state: &AppState, claims: &CallbackClaims, raw: &str) -
     if claims.node != id {
         return Err(ApiError::forbidden("the token is for another node"));
     }
+    live_node(state, id).await
+}
+
+/// The node, unless the store no longer has it or has given up on it (destroying,
+/// destroyed, failed): then 410 `node_stopped`, and the node must stop everything.
+pub(crate) async fn live_node(state: &AppState, id: NodeId) -> ApiResult<Node> {
     match state.store.get_node(id).await? {
         Some(node)
             if !matches!(
@@ -163,7 +169,8 @@ pub(crate) async fn commands(
         .wait_ms
         .map_or(DEFAULT_WAIT, Duration::from_millis)
         .min(MAX_WAIT);
-    let commands = state.commands.poll(node.id, query.after, wait).await;
+    let mut commands = state.commands.poll(node.id, query.after, wait).await;
+    crate::commands::attach_git_tokens(&state.store, &state.credentials, &mut commands).await?;
     if commands.is_empty() {
         // The node may have been stopped while it waited.
         authorized_node(&state, &claims, &id).await?;

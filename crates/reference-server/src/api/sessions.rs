@@ -1,5 +1,5 @@
-//! Chat sessions: list (newest first, `taskId` filter), get, messages by cursor, and a
-//! follow-up prompt into an active session.
+//! Chat sessions: list (newest first, `taskId` filter), get, messages by cursor, a
+//! follow-up prompt into an active session, and chats without a task (open, close).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -8,8 +8,9 @@ use axum::response::IntoResponse;
 use kiln_core::protocol::{NodeCommand, Prompt};
 use kiln_core::{
     ChatMessage, ChatSession, MessageId, MessagePage, Role, SessionId, SessionQuery, SessionStatus,
-    StoredMessage, TaskId, WorkspaceStatus,
+    StoredMessage, TaskId, VmSize, WorkspaceStatus,
 };
+use kiln_pool::NewChat;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::CurrentUser;
@@ -55,6 +56,34 @@ pub struct FollowUp {
     text: String,
 }
 
+/// Body of `POST /api/projects/{id}/sessions`: a chat without a task.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OpenChat {
+    #[serde(default)]
+    vm_size: Option<VmSize>,
+    #[serde(default)]
+    prompt: Option<String>,
+    #[serde(default)]
+    agent_hint: Option<String>,
+}
+
+/// The longest prompt, in bytes (as a task description).
+const MAX_PROMPT_BYTES: usize = 200 * 1024;
+
+fn check_prompt(text: &str, field: &str) -> Result<(), ApiError> {
+    let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", m);
+    if text.trim().is_empty() {
+        return Err(invalid(format!("{field} must not be empty")));
+    }
+    if text.len() > MAX_PROMPT_BYTES {
+        return Err(invalid(format!(
+            "{field} is longer than {MAX_PROMPT_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
+
 async fn owned_session(state: &AppState, user: &CurrentUser, raw: &str) -> ApiResult<ChatSession> {
     let id: SessionId = parse_id(raw, "session")?;
     match state.store.get_session(id).await? {
@@ -91,6 +120,44 @@ pub(crate) async fn list(
             )
             .await?,
     ))
+}
+
+pub(crate) async fn open(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(project_id): Path<String>,
+    ApiJson(body): ApiJson<OpenChat>,
+) -> ApiResult<impl IntoResponse> {
+    let project = state
+        .owned_project(user.id(), parse_id(&project_id, "project")?)
+        .await?;
+    if let Some(prompt) = &body.prompt {
+        check_prompt(prompt, "prompt")?;
+    }
+    let session = state
+        .driver
+        .open_chat(NewChat {
+            project_id: project.id,
+            vm_size: body.vm_size,
+            prompt: body.prompt,
+            agent_hint: body.agent_hint,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(session)))
+}
+
+pub(crate) async fn close(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ChatSession>> {
+    let session = owned_session(&state, &user, &id).await?;
+    if session.task_id.is_some() {
+        return Err(ApiError::conflict(
+            "this session belongs to a task; cancel the task instead of closing its session",
+        ));
+    }
+    Ok(Json(state.driver.close_chat(session.id).await?))
 }
 
 pub(crate) async fn get(
@@ -144,26 +211,30 @@ pub(crate) async fn prompt(
     ApiJson(body): ApiJson<FollowUp>,
 ) -> ApiResult<impl IntoResponse> {
     let session = owned_session(&state, &user, &id).await?;
-    if body.text.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_body",
-            "text must not be empty",
-        ));
-    }
+    check_prompt(&body.text, "text")?;
     let not_active = || ApiError::conflict("the session has no running agent to prompt");
-    if matches!(
-        session.status,
-        SessionStatus::Completed | SessionStatus::Closed
-    ) {
-        return Err(not_active());
+    match session.status {
+        SessionStatus::Closed => return Err(ApiError::conflict("the chat is closed")),
+        SessionStatus::Completed | SessionStatus::Stopped => return Err(not_active()),
+        SessionStatus::Pending | SessionStatus::Active => {}
     }
-    let workspace_id = session.workspace_id.ok_or_else(not_active)?;
+    let Some(workspace_id) = session.workspace_id else {
+        return Err(ApiError::conflict(
+            "the session's agent is still starting (no workspace yet); retry in a moment",
+        ));
+    };
+    // A workspace still being created takes the prompt too: the node queues it behind the
+    // checkout and the agent's start.
     let workspace = state
         .store
         .get_workspace(workspace_id)
         .await?
-        .filter(|w| w.status == WorkspaceStatus::Running)
+        .filter(|w| {
+            matches!(
+                w.status,
+                WorkspaceStatus::Creating | WorkspaceStatus::Running
+            )
+        })
         .ok_or_else(not_active)?;
     let now = state.clock.now();
     let message = ChatMessage {

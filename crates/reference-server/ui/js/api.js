@@ -68,6 +68,9 @@ export const api = {
     return request('GET', `/api/sessions/${enc(id)}/messages?${q}`);
   },
   prompt: (sessionId, text) => request('POST', `/api/sessions/${enc(sessionId)}/prompt`, { text }),
+  /** A chat without a task: `{vmSize?, prompt?}`. */
+  openChat: (projectId, body) => request('POST', `/api/projects/${enc(projectId)}/sessions`, body),
+  closeChat: (sessionId) => request('POST', `/api/sessions/${enc(sessionId)}/close`),
 
   nodes: () => request('GET', '/api/nodes'),
   workspace: (id) => request('GET', `/api/workspaces/${enc(id)}`),

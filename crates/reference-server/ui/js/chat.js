@@ -33,10 +33,13 @@ export class ChatView {
       h('h2', { text: 'Start with a task' }),
       h('p', { text: 'Describe what you want done below. Run Now starts an agent on a fresh workspace; Save to Backlog keeps it as a draft for the board.' }));
     this.drawer = h('aside', { class: 'workspace-panel', hidden: true, 'aria-label': 'Workspace' });
+    this.composer = composer;
+    this.reply = this.replyForm();
+    this.closedNote = h('p', { class: 'chat-closed muted', hidden: true, text: 'This chat is closed: its workspace was removed. Start a new chat to go on.' });
     this.main = h('section', { class: 'chat-main' },
       this.header, this.empty,
       h('div', { class: 'messages-wrap' }, this.scroller, this.pill),
-      composer.el);
+      composer.el, this.reply, this.closedNote);
     this.el = h('div', { class: 'chat-view' }, this.sidebar, this.main, this.drawer);
 
     this.scroller.addEventListener('scroll', () => {
@@ -78,6 +81,7 @@ export class ChatView {
     this.selectedId = id;
     if (changed) {
       this.workspaceOpen = false;
+      this.writingTask = false;
       this.messageList.replaceChildren();
       this.messageList._keyed = null;
       this.pill.hidden = true;
@@ -129,8 +133,51 @@ export class ChatView {
       timeAgo(new Date(this.state.lastActivity(s)).toISOString())));
   }
 
+  /** The bottom bar: the task composer, or for a chat without a task its reply box. */
+  renderBars(session) {
+    const chat = Boolean(session && !session.taskId);
+    const replying = chat && session.status !== 'closed' && !this.writingTask;
+    this.composer.el.hidden = replying;
+    this.reply.hidden = !replying;
+    this.closedNote.hidden = !chat || session.status !== 'closed';
+  }
+
+  /** The reply box of a chat without a task: each message goes to the chat's running agent. */
+  replyForm() {
+    const text = h('textarea', { class: 'composer-text', rows: 1, name: 'reply', placeholder: 'Message the agent…', 'aria-label': 'Message to the agent' });
+    const error = h('div', { class: 'form-error', role: 'alert', hidden: true });
+    const send = h('button', { type: 'submit', class: 'btn primary', dataset: { action: 'send-chat' } }, icon('play'), h('span', { text: 'Send' }));
+    const form = h('form', {
+      class: 'composer chat-reply', hidden: true,
+      on: {
+        submit: async (e) => {
+          e.preventDefault();
+          const sessionId = this.selectedId;
+          const message = text.value.trim();
+          if (!message || !sessionId) return;
+          send.disabled = true;
+          try {
+            await api.prompt(sessionId, message);
+            if (text.value.trim() === message) text.value = '';
+            error.hidden = true;
+          } catch (err) { error.textContent = err.message; error.hidden = false; }
+          finally { send.disabled = false; }
+        },
+      },
+    }, error, h('div', { class: 'composer-row' }, text, send),
+    h('div', { class: 'composer-foot' },
+      h('button', {
+        type: 'button', class: 'btn ghost small', dataset: { action: 'new-task' },
+        on: { click: () => { this.writingTask = true; this.renderBars(this.state.sessions.get(this.selectedId)); this.composer.focus(); } },
+      }, icon('plus'), 'New task instead'),
+      h('span', { class: 'composer-hint' }, h('kbd', { text: 'Ctrl' }), '+', h('kbd', { text: 'Enter' }), ' sends')));
+    text.addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) { e.preventDefault(); form.requestSubmit(); } });
+    return form;
+  }
+
   renderHeader() {
     const session = this.state.sessions.get(this.selectedId);
+    this.renderBars(session);
     if (!session) { replace(this.header, h('h1', { class: 'session-title', text: this.state.project.name })); return; }
     const task = this.state.taskOfSession(session);
     const wsId = task?.workspaceId || session.workspaceId;
@@ -161,6 +208,9 @@ export class ChatView {
       if (task.status === 'failed' || task.status === 'cancelled') {
         actions.push(act('Re-run', async () => this.state.upsertTask(await api.rerunTask(task.id))));
       }
+    }
+    if (!task && session.status !== 'closed') {
+      actions.push(act('Close chat', async () => this.state.upsertSession(await api.closeChat(session.id))));
     }
     if (ws?.status === 'running' || (!task && session.status === 'active')) {
       actions.push(h('button', {

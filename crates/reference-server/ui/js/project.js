@@ -2,10 +2,11 @@
 // click or key away from each other. Each view keeps its DOM, its layout and its scroll
 // positions while hidden (see `.pane[hidden]` in app.css), so switching is a repaint.
 
-import { api, request } from './api.js';
+import { api } from './api.js';
 import { h, icon, navigate } from './dom.js';
 import { BoardView } from './board.js';
 import { ChatView } from './chat.js';
+import { newChatDialog } from './chat-dialog.js';
 import { createComposer } from './composer.js';
 import { LiveConnection } from './live.js';
 import { NodesView } from './nodes.js';
@@ -131,7 +132,7 @@ export class ProjectPage {
   }
 
   async newChat() {
-    const session = await request('POST', `/api/projects/${encodeURIComponent(this.state.project.id)}/sessions`, {});
+    const session = await newChatDialog(this.state);
     if (session?.id) { this.state.upsertSession(session); navigate(`#/p/${this.state.project.id}/s/${session.id}`); }
   }
 

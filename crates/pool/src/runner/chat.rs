@@ -1,0 +1,411 @@
+//! Chats without a task: a chat session with its own workspace on a pooled node, opened by
+//! the user and closed by the user.
+//!
+//! A chat acquires its node exactly like a task (a warm node of the project's provider, else
+//! a new one), under a claim id equal to its session id ([`chat_claim`]): claims are opaque
+//! ids, and no task ever has that id, so nothing mistakes the chat for a running task. Its
+//! workspace checks out the
+//! project's repository on the default branch and commits or pushes nothing; each prompt
+//! goes to the workspace's running ACP session; closing the chat destroys the workspace and
+//! the node goes back to the warm pool once it is empty.
+
+use kiln_core::protocol::Prompt;
+use kiln_core::{
+    Change, ChatMessage, ChatSession, MessageId, NodeId, ProjectId, Role, SessionId, SessionPatch,
+    SessionStatus, TaskId, VmSize, Workspace, WorkspaceId, WorkspaceQuery, WorkspaceStatus,
+};
+
+use super::TaskRunner;
+use crate::controller::{DestroyProgress, WorkspaceRequest};
+use crate::error::Error;
+use crate::pool::live_workspace_statuses;
+
+/// A chat to open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChat {
+    /// The project whose repository the workspace checks out.
+    pub project_id: ProjectId,
+    /// The machine size (the project's default when none).
+    pub vm_size: Option<VmSize>,
+    /// The first prompt, sent as soon as the agent is up.
+    pub prompt: Option<String>,
+    /// Which agent to run.
+    pub agent_hint: Option<String>,
+}
+
+/// What the background start of a chat needs.
+#[derive(Debug)]
+struct ChatStart {
+    session: ChatSession,
+    repository_url: String,
+    provider: String,
+    size: VmSize,
+    prompt: Option<Prompt>,
+    agent_hint: Option<String>,
+}
+
+/// The id under which a chat's node is claimed (its session id).
+#[must_use]
+pub fn chat_claim(session: SessionId) -> TaskId {
+    TaskId::from(session.as_uuid())
+}
+
+impl TaskRunner {
+    async fn session(&self, id: SessionId) -> Result<ChatSession, Error> {
+        self.store()
+            .get_session(id)
+            .await?
+            .ok_or_else(|| Error::not_found("session", id))
+    }
+
+    /// Sets a chat session's status and/or workspace, unless it was closed (a closed chat
+    /// stays closed), and tells the viewers.
+    async fn patch_chat(&self, session: &ChatSession, patch: SessionPatch) {
+        match self.store().get_session(session.id).await {
+            Ok(Some(current))
+                if current.status == SessionStatus::Closed
+                    && patch.status != Some(SessionStatus::Closed) =>
+            {
+                return;
+            }
+            _ => {}
+        }
+        match self
+            .store()
+            .update_session(session.id, &patch, self.now())
+            .await
+        {
+            Ok(_) => {
+                self.publish(
+                    session.owner,
+                    Some(session.project_id),
+                    Change::Session {
+                        session_id: session.id,
+                    },
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(session = %session.id, error = %e, "could not update the chat session")
+            }
+        }
+    }
+
+    /// Stores a notice from Kiln in the session, so the user sees why the chat stopped.
+    async fn chat_notice(&self, session: &ChatSession, text: String) {
+        let now = self.now();
+        let notice = ChatMessage {
+            id: MessageId::new(),
+            session_id: session.id,
+            role: Role::System,
+            content: text,
+            tool: None,
+            seq: None,
+            created_at: now,
+        };
+        if let Err(e) = self.store().insert_messages(&[notice], now).await {
+            tracing::warn!(session = %session.id, error = %e, "could not store a chat notice");
+        }
+    }
+
+    /// Opens a chat without a task: the session is stored (with the first prompt, if any)
+    /// and returned at once; a node is acquired and the workspace started in the background.
+    /// If no node can be had, the session is stopped with a notice saying why.
+    pub async fn open_chat(&self, new: NewChat) -> Result<ChatSession, Error> {
+        let start = self.create_chat(new).await?;
+        let runner = self.clone();
+        let id = start.session.id;
+        tokio::spawn(async move {
+            if let Err(e) = runner.start_chat(start).await {
+                tracing::warn!(session = %id, error = %e, "chat start stopped on an error");
+            }
+        });
+        Ok(self.session(id).await?)
+    }
+
+    /// Like [`open_chat`](Self::open_chat), returning once the workspace was asked for (or
+    /// the chat stopped).
+    pub async fn open_chat_inline(&self, new: NewChat) -> Result<ChatSession, Error> {
+        let start = self.create_chat(new).await?;
+        let id = start.session.id;
+        self.start_chat(start).await?;
+        self.session(id).await
+    }
+
+    async fn create_chat(&self, new: NewChat) -> Result<ChatStart, Error> {
+        let project = self
+            .store()
+            .get_project(new.project_id)
+            .await?
+            .ok_or_else(|| Error::not_found("project", new.project_id))?;
+        let now = self.now();
+        let session = ChatSession {
+            id: SessionId::new(),
+            project_id: project.id,
+            owner: project.owner,
+            task_id: None,
+            workspace_id: None,
+            topic: None,
+            status: SessionStatus::Pending,
+            message_count: 0,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store().create_session(&session).await?;
+        let size = new.vm_size.unwrap_or(project.default_vm_size);
+        let prompt = match new.prompt {
+            Some(text) => {
+                let message = ChatMessage {
+                    id: MessageId::new(),
+                    session_id: session.id,
+                    role: Role::User,
+                    content: text.clone(),
+                    tool: None,
+                    seq: None,
+                    created_at: now,
+                };
+                self.store()
+                    .insert_messages(&[message.clone()], now)
+                    .await?;
+                Some(Prompt {
+                    message_id: message.id,
+                    text,
+                })
+            }
+            None => None,
+        };
+        self.publish(
+            session.owner,
+            Some(session.project_id),
+            Change::Session {
+                session_id: session.id,
+            },
+        )
+        .await;
+        tracing::info!(session = %session.id, project = %project.id, %size, "chat opened");
+        Ok(ChatStart {
+            session,
+            repository_url: project.repository_url,
+            provider: project.provider,
+            size,
+            prompt,
+            agent_hint: new.agent_hint.filter(|h| !h.trim().is_empty()),
+        })
+    }
+
+    /// Acquires the chat's node and starts its workspace.
+    async fn start_chat(&self, start: ChatStart) -> Result<(), Error> {
+        let ChatStart {
+            session,
+            repository_url,
+            provider,
+            size,
+            prompt,
+            agent_hint,
+        } = start;
+        let session = &session;
+        let pool = &self.inner.pool;
+        let location = pool.settings().location;
+        let claim = chat_claim(session.id);
+        let warm = pool
+            .claim_warm(&provider, session.owner, size, location.as_deref(), claim)
+            .await;
+        let acquired = match warm {
+            Ok(Some(acquired)) => Ok(acquired),
+            Ok(None) => {
+                pool.provision_for(&provider, session.owner, size, location.as_deref(), claim)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let acquired = match acquired {
+            Ok(acquired) => acquired,
+            Err(e) => {
+                tracing::warn!(session = %session.id, error = %e, "no node for the chat");
+                self.chat_notice(session, format!("No node for this chat: {e}"))
+                    .await;
+                self.patch_chat(session, status_patch(SessionStatus::Stopped))
+                    .await;
+                return Ok(());
+            }
+        };
+        let node = acquired.node.id;
+        if self.session(session.id).await?.status == SessionStatus::Closed {
+            tracing::info!(session = %session.id, %node, "chat closed before its node came; releasing the node");
+            self.inner.pool.release(node).await?;
+            return Ok(());
+        }
+        let now = self.now();
+        let workspace = Workspace {
+            id: WorkspaceId::new(),
+            node_id: node,
+            owner: session.owner,
+            project_id: Some(session.project_id),
+            task_id: None,
+            session_id: Some(session.id),
+            branch: None,
+            status: WorkspaceStatus::Creating,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store().create_workspace(&workspace).await?;
+        self.publish(
+            session.owner,
+            Some(session.project_id),
+            Change::Workspace {
+                workspace_id: workspace.id,
+            },
+        )
+        .await;
+        self.patch_chat(
+            session,
+            SessionPatch {
+                status: None,
+                workspace_id: Some(Some(workspace.id)),
+                topic: None,
+            },
+        )
+        .await;
+        let request = WorkspaceRequest {
+            node_id: node,
+            workspace_id: workspace.id,
+            project_id: session.project_id,
+            task_id: None,
+            session_id: session.id,
+            repository_url,
+            branch: None,
+            prompt,
+            agent_hint,
+        };
+        if let Err(e) = self.inner.workspaces.create_workspace(&request).await {
+            tracing::warn!(session = %session.id, workspace = %workspace.id, error = %e, "chat workspace did not start");
+            self.chat_notice(
+                session,
+                format!("The chat's workspace could not start: {e}"),
+            )
+            .await;
+            self.patch_chat(session, status_patch(SessionStatus::Stopped))
+                .await;
+            self.workspace_destroyed(workspace.id).await?;
+            return Ok(());
+        }
+        // Closed while the workspace was being asked for: the close saw no workspace yet.
+        if self.session(session.id).await?.status == SessionStatus::Closed {
+            self.destroy_chat_workspace(session, workspace.id, node)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Closes a chat without a task: the session is closed (read-only), its workspace
+    /// destroyed and its node released to the warm pool once empty. Closing a closed chat
+    /// returns it unchanged; a task's session is refused ([`Error::NotAChat`]).
+    pub async fn close_chat(&self, id: SessionId) -> Result<ChatSession, Error> {
+        let session = self.session(id).await?;
+        if session.task_id.is_some() {
+            return Err(Error::NotAChat { session: id });
+        }
+        if session.status == SessionStatus::Closed {
+            return Ok(session);
+        }
+        self.patch_chat(&session, status_patch(SessionStatus::Closed))
+            .await;
+        tracing::info!(session = %id, workspace = ?session.workspace_id, "chat closed");
+        if let Some(workspace_id) = session.workspace_id
+            && let Some(workspace) = self.store().get_workspace(workspace_id).await?
+        {
+            self.destroy_chat_workspace(&session, workspace.id, workspace.node_id)
+                .await?;
+        }
+        self.session(id).await
+    }
+
+    async fn destroy_chat_workspace(
+        &self,
+        session: &ChatSession,
+        workspace: WorkspaceId,
+        node: NodeId,
+    ) -> Result<(), Error> {
+        let Some(ws) = self.store().get_workspace(workspace).await? else {
+            return Ok(());
+        };
+        if matches!(
+            ws.status,
+            WorkspaceStatus::Destroyed | WorkspaceStatus::Destroying
+        ) {
+            return Ok(());
+        }
+        self.set_workspace(workspace, WorkspaceStatus::Destroying, None)
+            .await?;
+        match self
+            .inner
+            .workspaces
+            .destroy_workspace(node, workspace)
+            .await
+        {
+            Ok(DestroyProgress::Destroyed) => self.workspace_destroyed(workspace).await?,
+            Ok(DestroyProgress::Requested) => {}
+            Err(e) => {
+                tracing::warn!(session = %session.id, %workspace, error = %e, "could not destroy the chat's workspace; the node stays until its max lifetime");
+            }
+        }
+        Ok(())
+    }
+
+    /// A chat's agent is up: the session is active (ready for prompts).
+    pub(super) async fn chat_started(&self, workspace: &Workspace) -> Result<(), Error> {
+        if let Some(id) = workspace.session_id {
+            let session = self.session(id).await?;
+            self.patch_chat(&session, status_patch(SessionStatus::Active))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// A chat's agent failed: the session is stopped and the workspace kept (stopped)
+    /// until the user closes the chat.
+    pub(super) async fn chat_failed(&self, workspace: &Workspace) -> Result<(), Error> {
+        self.set_workspace(workspace.id, WorkspaceStatus::Stopped, None)
+            .await?;
+        if let Some(id) = workspace.session_id {
+            let session = self.session(id).await?;
+            self.patch_chat(&session, status_patch(SessionStatus::Stopped))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// The chats on a lost node end with it: their workspaces are gone with the node and
+    /// their sessions are stopped with a notice.
+    pub(super) async fn chats_lost_with(&self, node: NodeId, reason: &str) -> Result<(), Error> {
+        let workspaces = self
+            .store()
+            .list_workspaces(&WorkspaceQuery {
+                node_id: Some(node),
+                statuses: live_workspace_statuses(),
+                ..WorkspaceQuery::default()
+            })
+            .await?;
+        for ws in workspaces.into_iter().filter(|w| w.task_id.is_none()) {
+            self.set_workspace(ws.id, WorkspaceStatus::Destroyed, None)
+                .await?;
+            let Some(id) = ws.session_id else { continue };
+            let session = self.session(id).await?;
+            if session.status != SessionStatus::Closed {
+                self.chat_notice(&session, format!("The chat ended: {reason}"))
+                    .await;
+                self.patch_chat(&session, status_patch(SessionStatus::Stopped))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn status_patch(status: SessionStatus) -> SessionPatch {
+    SessionPatch {
+        status: Some(status),
+        workspace_id: None,
+        topic: None,
+    }
+}
