@@ -432,12 +432,29 @@ impl TaskRunner {
         )
         .await;
         self.set_session(task, None, Some(Some(workspace_id))).await;
-        let request = WorkspaceRequest {
+        let request = self.workspace_request(task, repository_url, node, workspace_id);
+        if let Err(e) = self.inner.workspaces.create_workspace(&request).await {
+            tracing::warn!(task = %task.id, workspace = %workspace_id, error = %e, "workspace did not start");
+            let reason = format!("the workspace could not be started: {e}");
+            self.finish(task.id, &TaskEvent::Failed { reason }).await?;
+        }
+        Ok(())
+    }
+
+    /// The create-workspace request of a task's run on `node`.
+    fn workspace_request(
+        &self,
+        task: &Task,
+        repository_url: &str,
+        node: NodeId,
+        workspace_id: WorkspaceId,
+    ) -> WorkspaceRequest {
+        WorkspaceRequest {
             node_id: node,
             workspace_id,
             project_id: task.project_id,
             task_id: Some(task.id),
-            session_id,
+            session_id: task.session_id.unwrap_or_default(),
             repository_url: repository_url.to_owned(),
             branch: Some(task.branch_name()),
             prompt: Some(Prompt {
@@ -445,13 +462,7 @@ impl TaskRunner {
                 text: task.description.clone(),
             }),
             agent_hint: task.agent_hint.clone(),
-        };
-        if let Err(e) = self.inner.workspaces.create_workspace(&request).await {
-            tracing::warn!(task = %task.id, workspace = %workspace_id, error = %e, "workspace did not start");
-            let reason = format!("the workspace could not be started: {e}");
-            self.finish(task.id, &TaskEvent::Failed { reason }).await?;
         }
-        Ok(())
     }
 
     async fn set_session(
@@ -591,6 +602,8 @@ impl TaskRunner {
 
 mod chat;
 mod reports;
+mod resume;
 mod tick;
 
 pub use chat::{NewChat, chat_claim};
+pub use resume::Resumed;

@@ -107,10 +107,14 @@ impl TaskRunner {
         Ok(failed)
     }
 
-    /// Runs [`tick`](Self::tick) every [`task_tick_interval`](crate::Settings::task_tick_interval)
+    /// Resumes what a previous process left ([`resume`](Self::resume)), then runs
+    /// [`tick`](Self::tick) every [`task_tick_interval`](crate::Settings::task_tick_interval)
     /// until `shutdown` completes.
     pub async fn run_until(&self, shutdown: impl Future<Output = ()>) {
         tokio::pin!(shutdown);
+        if let Err(e) = self.resume().await {
+            tracing::warn!(error = %e, "could not resume the runs a previous process left");
+        }
         loop {
             if let Err(e) = self.tick().await {
                 tracing::warn!(error = %e, "task tick failed");

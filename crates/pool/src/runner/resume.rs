@@ -1,0 +1,100 @@
+//! Picking up runs a stopped process left half-done.
+//!
+//! The steps of a run that wait on something outside the store — acquiring a node for a
+//! `queued` task, sending the create-workspace command of a `delegated` one — live in the
+//! process that started them. When that process stops (a restart, a crash), the store still
+//! says `queued` or `delegated` but nobody works on it. [`TaskRunner::resume`] runs once when
+//! a runner starts ([`run_until`](TaskRunner::run_until) calls it first) and carries on:
+//!
+//! - a `queued` task acquires its node again (warm claim, else provision). Should another
+//!   replica still be acquiring for it, the compare-and-set on `queued → delegated` lets
+//!   exactly one of them delegate; the other gives its node back to the warm pool.
+//! - a `delegated` task whose workspace is still `creating` gets its create-workspace command
+//!   again (commands wait in server memory and are lost with it). The agent host applies a
+//!   workspace's create command once, so a copy that did arrive before the stop is harmless.
+//!
+//! Whatever cannot be resumed is left to the transient-state limits of
+//! [`tick`](TaskRunner::tick), which fail the task with a reason.
+
+use kiln_core::TaskStatus;
+use kiln_core::WorkspaceStatus;
+
+use super::TaskRunner;
+use crate::error::Error;
+
+/// What [`TaskRunner::resume`] picked up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resumed {
+    /// `queued` tasks whose node acquisition started again (in the background).
+    pub queued: usize,
+    /// `delegated` tasks whose create-workspace command was sent again.
+    pub delegated: usize,
+}
+
+impl TaskRunner {
+    /// Resumes the `queued` and `delegated` tasks a previous process left (see the module
+    /// docs). Node acquisitions go on in the background; this returns once they are started
+    /// and the workspace commands are sent.
+    pub async fn resume(&self) -> Result<Resumed, Error> {
+        let mut resumed = Resumed::default();
+        let tasks = self
+            .store()
+            .list_tasks_by_status(&[TaskStatus::Queued, TaskStatus::Delegated])
+            .await?;
+        for task in tasks {
+            match task.status {
+                TaskStatus::Queued => {
+                    tracing::info!(task = %task.id, "resuming a queued task: acquiring its node again");
+                    resumed.queued += 1;
+                    let runner = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = runner.acquire_and_delegate(task.id).await {
+                            tracing::warn!(task = %task.id, error = %e, "resumed task run stopped on an error");
+                        }
+                    });
+                }
+                TaskStatus::Delegated => match self.resend_workspace(&task).await {
+                    Ok(true) => resumed.delegated += 1,
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(task = %task.id, error = %e, "could not resume a delegated task; its delegated-state limit will fail it");
+                    }
+                },
+                _ => {}
+            }
+        }
+        if resumed != Resumed::default() {
+            tracing::info!(
+                queued = resumed.queued,
+                delegated = resumed.delegated,
+                "resumed the runs a previous process left"
+            );
+        }
+        Ok(resumed)
+    }
+
+    /// Sends a delegated task's create-workspace command again while its workspace is still
+    /// `creating`; `Ok(false)` when there is nothing to resend.
+    async fn resend_workspace(&self, task: &kiln_core::Task) -> Result<bool, Error> {
+        let (Some(node), Some(workspace_id)) = (task.node_id, task.workspace_id) else {
+            return Ok(false);
+        };
+        let Some(workspace) = self.store().get_workspace(workspace_id).await? else {
+            // Delegated before the workspace row was written: nothing the node could know.
+            // The task waits for its delegated-state limit.
+            return Ok(false);
+        };
+        if workspace.status != WorkspaceStatus::Creating {
+            return Ok(false);
+        }
+        let project = self
+            .store()
+            .get_project(task.project_id)
+            .await?
+            .ok_or_else(|| Error::not_found("project", task.project_id))?;
+        let request = self.workspace_request(task, &project.repository_url, node, workspace_id);
+        tracing::info!(task = %task.id, %node, workspace = %workspace_id, "resuming a delegated task: sending its workspace command again");
+        self.inner.workspaces.create_workspace(&request).await?;
+        Ok(true)
+    }
+}
