@@ -10,6 +10,9 @@
 //! numbers moves the numbering past it, so new commands are never mistaken for acknowledged
 //! ones. Commands not yet delivered when a server stops are lost; the runner's transient-state
 //! limits then fail the task with a reason.
+//!
+//! A project's git token is never queued nor relayed: [`attach_git_tokens`] adds it to a
+//! `create_workspace` command as the poll answers the node.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -171,8 +174,8 @@ pub async fn dispatch(
         .owner;
     let mut relayed = command.clone();
     if let NodeCommand::CreateWorkspace { git_token, .. } = &mut relayed {
-        // The feed (PostgreSQL NOTIFY between replicas) never carries a secret; the
-        // replica that queues the command reads the token back ([`refill`]).
+        // The feed (PostgreSQL NOTIFY between replicas) never carries a secret: the token
+        // is added when the command goes out to the node ([`attach_git_tokens`]).
         *git_token = None;
     }
     if serde_json::to_vec(&relayed).map_or(0, |v| v.len()) > MAX_FEED_COMMAND_BYTES {
@@ -195,6 +198,56 @@ pub async fn dispatch(
     if let Err(err) = store.publish(&event).await {
         tracing::warn!(%node, %err, "the change feed refused a node command; queueing it here only");
         queues.push(node, command);
+    }
+    Ok(())
+}
+
+/// Adds each project's git token (its own, else its owner's default, from the secret store)
+/// to the `create_workspace` commands of a poll's answer, opened with the server's vault just
+/// before they go to the node. Queues and the change feed never hold the token, so it only
+/// travels on the node's authenticated command channel. A token the vault cannot open (its
+/// key is gone) is logged and left out: the clone or push then fails for authentication.
+///
+/// # Errors
+/// The store failed (the poll should fail, and the node poll again).
+pub async fn attach_git_tokens(
+    store: &Arc<dyn Store>,
+    credentials: &crate::credentials::Credentials,
+    commands: &mut [SequencedCommand],
+) -> Result<(), StoreError> {
+    use kiln_core::SecretStoreExt as _;
+    for sequenced in commands {
+        let NodeCommand::CreateWorkspace {
+            workspace_id,
+            project_id: Some(project_id),
+            git_token,
+            ..
+        } = &mut sequenced.command
+        else {
+            continue;
+        };
+        let Some(project) = store.get_project(*project_id).await? else {
+            continue;
+        };
+        let Some(stored) = store
+            .effective_secret(
+                project.owner,
+                Some(project.id),
+                kiln_core::SecretKind::GitToken,
+            )
+            .await?
+        else {
+            continue;
+        };
+        match credentials.open(&stored) {
+            Ok(token) => *git_token = Some(kiln_core::secret::Secret::new(token)),
+            Err(err) => tracing::warn!(
+                workspace = %workspace_id,
+                project = %project.id,
+                %err,
+                "the project's git token cannot be opened (vault key changed?); the workspace gets none"
+            ),
+        }
     }
     Ok(())
 }
