@@ -120,7 +120,7 @@ impl TaskRunner {
                 tracing::warn!(session = %id, error = %e, "chat start stopped on an error");
             }
         });
-        Ok(self.session(id).await?)
+        self.session(id).await
     }
 
     /// Like [`open_chat`](Self::open_chat), returning once the workspace was asked for (or
@@ -165,7 +165,7 @@ impl TaskRunner {
                     created_at: now,
                 };
                 self.store()
-                    .insert_messages(&[message.clone()], now)
+                    .insert_messages(std::slice::from_ref(&message), now)
                     .await?;
                 Some(Prompt {
                     message_id: message.id,
