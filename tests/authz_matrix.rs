@@ -64,8 +64,43 @@ async fn world(kiln: &Kiln, dir: &std::path::Path, name: &str) -> World {
     }
 }
 
+/// A read-only view of the server's database.
+enum Db {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
 /// Every row of every table, as text, heartbeat timestamps left out (live nodes beat).
-async fn snapshot(db: &sqlx::SqlitePool) -> BTreeMap<String, Vec<String>> {
+async fn snapshot(db: &Db) -> BTreeMap<String, Vec<String>> {
+    match db {
+        Db::Sqlite(db) => snapshot_sqlite(db).await,
+        Db::Postgres(db) => snapshot_postgres(db).await,
+    }
+}
+
+async fn snapshot_postgres(db: &sqlx::PgPool) -> BTreeMap<String, Vec<String>> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'public' AND table_name NOT LIKE '\\_sqlx%' ORDER BY 1",
+    )
+    .fetch_all(db)
+    .await
+    .unwrap();
+    let mut out = BTreeMap::new();
+    for table in tables {
+        let sql = format!(
+            "SELECT (to_jsonb(t) - 'last_heartbeat_at')::text AS row FROM \"{table}\" t ORDER BY 1"
+        );
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .fetch_all(db)
+            .await
+            .unwrap();
+        out.insert(table, rows);
+    }
+    out
+}
+
+async fn snapshot_sqlite(db: &sqlx::SqlitePool) -> BTreeMap<String, Vec<String>> {
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' \
          AND name NOT LIKE '_sqlx%' ORDER BY name",
@@ -192,9 +227,22 @@ struct Case {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_endpoint_refuses_wrong_expired_tampered_and_missing_credentials_and_changes_nothing()
 {
+    matrix(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_matrix_holds_on_postgres_too() {
+    let Some((url, name)) = e2e_support::pg_database("authorization matrix postgres").await else {
+        return;
+    };
+    matrix(Some(&url)).await;
+    e2e_support::drop_pg_database(&name).await;
+}
+
+async fn matrix(database_url: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let kiln = Kiln::start(&data, None, &[("KILN_SECRET_KEY", KEY)]).await;
+    let kiln = Kiln::start(&data, database_url, &[("KILN_SECRET_KEY", KEY)]).await;
     let ann = world(&kiln, dir.path(), "ann").await;
     let bob = world(&kiln, dir.path(), "bob").await;
     assert_ne!(
@@ -221,9 +269,14 @@ async fn every_endpoint_refuses_wrong_expired_tampered_and_missing_credentials_a
     let bob_ws_tok = workspace_token(&signer, &bob.node, &bob.workspace, later);
     let other_key = TokenSigner::new(b"not-the-server-key-0123456789abcdef".as_slice());
 
-    let db = sqlx::SqlitePool::connect(&format!("sqlite://{}/kiln.db?mode=ro", data.display()))
-        .await
-        .unwrap();
+    let db = match database_url {
+        None => Db::Sqlite(
+            sqlx::SqlitePool::connect(&format!("sqlite://{}/kiln.db?mode=ro", data.display()))
+                .await
+                .unwrap(),
+        ),
+        Some(url) => Db::Postgres(sqlx::PgPool::connect(url).await.unwrap()),
+    };
     let http = reqwest::Client::new();
     let doc: Value = http
         .get(format!("{}/api/openapi.json", kiln.base))
@@ -262,6 +315,16 @@ async fn every_endpoint_refuses_wrong_expired_tampered_and_missing_credentials_a
     );
 
     let before = snapshot(&db).await;
+    // The snapshot sees the worlds (a blind snapshot would make "unchanged" meaningless).
+    for (table, at_least) in [
+        ("projects", 2),
+        ("tasks", 4),
+        ("nodes", 2),
+        ("chat_messages", 2),
+    ] {
+        let rows = before.get(table).map_or(0, Vec::len);
+        assert!(rows >= at_least, "snapshot of {table}: {rows} rows");
+    }
     let mut checked = 0usize;
     let mut operations = 0usize;
     let mut public = Vec::new();
@@ -567,6 +630,10 @@ fn body_for(method: &str, template: &str, ann: &World, bob: &World) -> Value {
     let msg_id = uuid::Uuid::now_v7().to_string();
     match (method, template) {
         ("post", "/api/tokens") => json!({"name": "stolen"}),
+        ("put", "/api/account/hetzner-token") => json!({"token": "stolen-hetzner-token-0123"}),
+        ("put", "/api/projects/{projectId}/git-token") => {
+            json!({"token": "stolen-git-token-0123"})
+        }
         ("post", "/api/projects") => json!({"name": "evil", "repositoryUrl": "/tmp/evil"}),
         ("patch", "/api/projects/{projectId}") => json!({"name": "stolen"}),
         ("post", "/api/projects/{projectId}/tasks") => {

@@ -1036,27 +1036,11 @@ async fn chaos_soak_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_soak_postgres() {
-    let Ok(url) = std::env::var("KILN_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("KILN_REQUIRE_SERVICES").is_err(),
-            "KILN_REQUIRE_SERVICES is set but KILN_TEST_POSTGRES_URL is not"
-        );
-        eprintln!("skipping: set KILN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test");
+    let Some((db_url, name)) = e2e_support::pg_database("chaos soak postgres").await else {
         return;
     };
-    let name = format!("kiln_chaos_{}", uuid::Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let db_url = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
     soak(Some(db_url), "postgres").await;
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await;
+    e2e_support::drop_pg_database(&name).await;
 }
 
 /// Regression (found by the soak): a warm node that reconnects says hello again; that hello

@@ -8,45 +8,10 @@ use std::time::Duration;
 
 use e2e_support::{Api, Kiln, check_messages, drain, git, git_repo, statuses_of};
 use kiln_core::{MessageId, TaskId};
-use sqlx::Connection;
-
-async fn database(test: &str) -> Option<(String, String)> {
-    let admin = match std::env::var("KILN_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ if std::env::var("KILN_REQUIRE_SERVICES").as_deref() == Ok("1") => {
-            panic!("{test}: KILN_REQUIRE_SERVICES=1 but KILN_TEST_POSTGRES_URL is not set")
-        }
-        _ => {
-            eprintln!(
-                "SKIPPED {test}: set KILN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test to run it"
-            );
-            return None;
-        }
-    };
-    let name = format!("kiln_e2e_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    Some((format!("{base}/{name}"), name))
-}
-
-async fn drop_database(name: &str) {
-    let admin = std::env::var("KILN_TEST_POSTGRES_URL").unwrap();
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-        )))
-        .execute(&mut conn)
-        .await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_postgres_run_a_task_and_share_live_updates() {
-    let Some((url, name)) = database("e2e postgres two replicas").await else {
+    let Some((url, name)) = e2e_support::pg_database("e2e postgres two replicas").await else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -153,5 +118,5 @@ async fn two_replicas_on_postgres_run_a_task_and_share_live_updates() {
             "cancelled"
         );
     }
-    drop_database(&name).await;
+    e2e_support::drop_pg_database(&name).await;
 }

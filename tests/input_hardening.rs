@@ -281,32 +281,15 @@ async fn malformed_and_hostile_requests_get_clean_json_errors_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_hostile_requests_get_clean_json_errors_postgres() {
-    let Ok(url) = std::env::var("KILN_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("KILN_REQUIRE_SERVICES").is_err(),
-            "KILN_REQUIRE_SERVICES is set but KILN_TEST_POSTGRES_URL is not"
-        );
-        eprintln!("skipping: set KILN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test");
+    let Some((db_url, name)) = e2e_support::pg_database("input hardening postgres").await else {
         return;
     };
-    // A database of its own, so tests run in parallel.
-    let name = format!("kiln_hardening_{}", uuid::Uuid::now_v7().simple());
-    let admin = sqlx::PgPool::connect(&url).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let db_url = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
     let dir = tempfile::tempdir().unwrap();
     let repo = git_repo(dir.path());
     let (kiln, api, token) = start(dir.path(), Some(&db_url)).await;
     body_and_path_cases(&kiln, &api, &token, &repo).await;
     drop(kiln);
-    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await;
+    e2e_support::drop_pg_database(&name).await;
 }
 
 /// Cases that need a real node, workspace and agent: the messages endpoint's limits,

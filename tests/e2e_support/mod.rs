@@ -491,3 +491,43 @@ pub fn check_messages(stored: &[Value], frames: &[Value], session: &str, prompt_
         "live messages match the store, in order"
     );
 }
+
+/// A new, empty PostgreSQL database of its own for `test` (so tests run in parallel), as
+/// `(url, name)`; drop it with [`drop_pg_database`]. `None` (the test skips, saying so) when
+/// `KILN_TEST_POSTGRES_URL` is unset, unless `KILN_REQUIRE_SERVICES=1` makes that a failure.
+pub async fn pg_database(test: &str) -> Option<(String, String)> {
+    use sqlx::Connection;
+    let admin = match std::env::var("KILN_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => url,
+        _ if std::env::var("KILN_REQUIRE_SERVICES").as_deref() == Ok("1") => {
+            panic!("{test}: KILN_REQUIRE_SERVICES=1 but KILN_TEST_POSTGRES_URL is not set")
+        }
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: set KILN_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test to run it"
+            );
+            return None;
+        }
+    };
+    let name = format!("kiln_test_{}", uuid::Uuid::now_v7().simple());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Some((format!("{base}/{name}"), name))
+}
+
+/// Drops a database made by [`pg_database`] (its connections closed by force).
+pub async fn drop_pg_database(name: &str) {
+    use sqlx::Connection;
+    let admin = std::env::var("KILN_TEST_POSTGRES_URL").unwrap();
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
