@@ -6,8 +6,9 @@
 //!
 //! For each `git clone` and `git push` of a workspace whose project has a token,
 //! [`CredentialServer::start`] binds a unix socket with a random name in
-//! `{KILN_NODE_DATA_DIR}/run/` (directory mode 0700, socket mode 0600) and makes a random
-//! one-time nonce. The git command runs as
+//! `{KILN_NODE_DATA_DIR}/run/` (directory mode 0700, socket mode 0600; when that path is too
+//! long for a unix socket, a fresh mode-0700 directory in the system's temporary directory,
+//! removed afterwards) and makes a random one-time nonce. The git command runs as
 //!
 //! ```text
 //! git -c credential.helper= -c "credential.helper=!'/path/to/kiln-node' git-credential" clone …
@@ -64,6 +65,8 @@ pub const NONCE_ENV: &str = "KILN_GIT_CREDENTIAL_NONCE";
 pub const DEFAULT_USERNAME: &str = "x-access-token";
 /// The most a helper may send (nonce and git's request).
 const MAX_REQUEST_BYTES: usize = 16 * 1024;
+/// The longest socket path used (`sun_path` holds 108 bytes with the final NUL).
+const MAX_SOCKET_PATH: usize = 100;
 
 /// A repository's token and the helper program that serves it.
 #[derive(Debug, Clone)]
@@ -136,6 +139,8 @@ fn shell_quote(text: &str) -> String {
 #[derive(Debug)]
 pub struct CredentialServer {
     socket: PathBuf,
+    /// A directory made for this socket alone (removed with it).
+    own_dir: Option<PathBuf>,
     nonce: Secret,
     helper: PathBuf,
     task: tokio::task::JoinHandle<()>,
@@ -149,17 +154,34 @@ impl CredentialServer {
     /// [`NodeError::Io`] when the directory or the socket cannot be made.
     pub fn start(credential: &GitCredential) -> Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let name = format!(
+            "git-{}.sock",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        );
         let runtime_dir = &credential.runtime_dir;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(runtime_dir)
-            .map_err(|e| NodeError::io("creating the credential socket directory", e))?;
-        std::fs::set_permissions(runtime_dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| NodeError::io("restricting the credential socket directory", e))?;
-        let socket = runtime_dir.join(format!("git-{}.sock", uuid::Uuid::new_v4().simple()));
-        let listener = UnixListener::bind(&socket)
-            .map_err(|e| NodeError::io("binding the credential socket", e))?;
+        let (dir, own_dir) = if runtime_dir.join(&name).as_os_str().len() <= MAX_SOCKET_PATH {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(runtime_dir)
+                .map_err(|e| NodeError::io("creating the credential socket directory", e))?;
+            std::fs::set_permissions(runtime_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| NodeError::io("restricting the credential socket directory", e))?;
+            (runtime_dir.clone(), None)
+        } else {
+            let dir = fresh_private_dir()?;
+            (dir.clone(), Some(dir))
+        };
+        let socket = dir.join(name);
+        let listener = match UnixListener::bind(&socket) {
+            Ok(listener) => listener,
+            Err(e) => {
+                if let Some(dir) = &own_dir {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(NodeError::io("binding the credential socket", e));
+            }
+        };
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
             .map_err(|e| NodeError::io("restricting the credential socket", e))?;
         let nonce = Secret::new(format!(
@@ -176,6 +198,7 @@ impl CredentialServer {
         ));
         Ok(Self {
             socket,
+            own_dir,
             nonce,
             helper: credential.helper.clone(),
             task,
@@ -225,7 +248,32 @@ impl Drop for CredentialServer {
     fn drop(&mut self) {
         self.task.abort();
         let _ = std::fs::remove_file(&self.socket);
+        if let Some(dir) = &self.own_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
+}
+
+/// A new directory with mode 0700 in the system's temporary directory (a name that exists,
+/// perhaps made by someone else, is never reused).
+fn fresh_private_dir() -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let mut last = None;
+    for _ in 0..8 {
+        let dir = std::env::temp_dir().join(format!(
+            "kiln-git-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..16]
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(NodeError::io("creating a credential socket directory", e)),
+        }
+    }
+    Err(NodeError::io(
+        "creating a credential socket directory",
+        last.unwrap_or_else(|| std::io::Error::other("no free name")),
+    ))
 }
 
 async fn serve(
@@ -381,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn the_helper_path_is_shell_quoted() {
+    fn the_helper_path_is_quoted_and_sockets_fit_their_path_limit_and_go_away() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -395,8 +443,31 @@ mod tests {
         );
         let socket = server.socket.clone();
         assert!(socket.exists());
+        assert!(socket.starts_with(&c.runtime_dir));
         drop(server);
         assert!(!socket.exists(), "the socket is removed with the server");
         std::fs::remove_dir_all(&c.runtime_dir).unwrap();
+
+        // A data directory too deep for a unix socket path: a private directory elsewhere.
+        let deep = credential("x");
+        let deep = GitCredential {
+            runtime_dir: deep.runtime_dir.join("d".repeat(120)),
+            ..deep
+        };
+        let server = CredentialServer::start(&deep).unwrap();
+        let socket = server.socket.clone();
+        assert!(
+            socket.as_os_str().len() <= MAX_SOCKET_PATH,
+            "{}",
+            socket.display()
+        );
+        let dir = socket.parent().unwrap().to_path_buf();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        drop(server);
+        assert!(!dir.exists(), "its own directory goes with it");
     }
 }
