@@ -218,6 +218,7 @@ pub async fn assemble(
             callback_token_ttl: config.callback_token_ttl,
             secure_cookies: public_url.starts_with("https://"),
             providers,
+            node_binary: config.node_binary.clone(),
         }),
         credentials,
     };

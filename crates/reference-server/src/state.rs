@@ -49,14 +49,10 @@ pub struct Settings {
     pub callback_token_ttl: Duration,
     /// Whether session cookies carry `Secure` (the public URL is https).
     pub secure_cookies: bool,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            public_url: "http://127.0.0.1:8080".into(),
     /// The node providers projects may choose, the default (new projects') first.
     pub providers: Vec<String>,
+    /// The `kiln-node` file served to nodes (none: the one next to the running executable).
+    pub node_binary: Option<std::path::PathBuf>,
 }
 
 impl Settings {
@@ -65,16 +61,23 @@ impl Settings {
     pub fn default_provider(&self) -> &str {
         self.providers.first().map_or("local", String::as_str)
     }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            public_url: "http://127.0.0.1:8080".into(),
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             callback_token_ttl: Duration::from_secs(24 * 3600),
             secure_cookies: false,
+            providers: vec!["local".into()],
+            node_binary: None,
         }
     }
 }
 
 /// Everything a handler needs.
 #[derive(Clone)]
-            providers: vec!["local".into()],
 pub struct AppState {
     /// Persistence and the change feed.
     pub store: Arc<dyn Store>,
@@ -90,14 +93,14 @@ pub struct AppState {
     pub driver: Arc<dyn TaskDriver>,
     /// Settings.
     pub settings: Arc<Settings>,
+    /// Sealing, opening and checking of stored credentials.
+    pub credentials: Arc<crate::credentials::Credentials>,
 }
 
 impl fmt::Debug for AppState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppState")
             .field("store", &self.store)
-    /// Sealing, opening and checking of stored credentials.
-    pub credentials: Arc<crate::credentials::Credentials>,
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }

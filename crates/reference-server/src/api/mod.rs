@@ -1,7 +1,9 @@
 //! The HTTP API: one module per resource; `router` mounts them all.
 
 pub(crate) mod account;
+pub(crate) mod credentials;
 pub(crate) mod messages;
+pub(crate) mod node_binary;
 pub(crate) mod node_protocol;
 pub(crate) mod nodes;
 pub(crate) mod projects;
@@ -20,6 +22,18 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/logout", post(account::logout))
         .route("/api/me", get(account::me))
         .route("/api/tokens", post(account::create_token))
+        .route(
+            "/api/account/hetzner-token",
+            get(credentials::get_hetzner)
+                .put(credentials::put_hetzner)
+                .delete(credentials::delete_hetzner),
+        )
+        .route(
+            "/api/projects/{projectId}/git-token",
+            get(credentials::get_git)
+                .put(credentials::put_git)
+                .delete(credentials::delete_git),
+        )
         .route("/api/projects", get(projects::list).post(projects::create))
         .route(
             "/api/projects/{projectId}",
@@ -53,6 +67,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/nodes", get(nodes::list))
         .route("/api/nodes/{nodeId}", get(nodes::get))
         .route("/api/nodes/{nodeId}/hello", post(node_protocol::hello))
+        .route("/api/nodes/{nodeId}/binary", get(node_binary::download))
         .route(
             "/api/nodes/{nodeId}/heartbeat",
             post(node_protocol::heartbeat),

@@ -13,6 +13,7 @@ use kiln_core::{
 use serde::Deserialize;
 
 use crate::auth::CurrentUser;
+use crate::credentials::require_provider_credentials;
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, parse_id};
 use crate::state::AppState;
 
@@ -95,6 +96,10 @@ pub(crate) async fn create(
         .owned_project(user.id(), parse_id(&project_id, "project")?)
         .await?;
     check_description(&body.description)?;
+    if body.run_now {
+        // Refused before anything is stored: a refused Run Now leaves no draft behind.
+        require_provider_credentials(state.store.as_ref(), &project).await?;
+    }
     let title = match body.title.as_deref().map(str::trim) {
         Some("") => return Err(invalid("title must not be empty")),
         Some(t) => t.to_owned(),
@@ -277,12 +282,19 @@ fn conflict_as_changed(err: StoreError) -> ApiError {
     }
 }
 
+/// A task of a project whose provider needs a credential runs only once it is stored.
+async fn check_credentials(state: &AppState, task: &Task) -> ApiResult<()> {
+    let project = state.owned_project(task.owner, task.project_id).await?;
+    require_provider_credentials(state.store.as_ref(), &project).await
+}
+
 pub(crate) async fn run(
     State(state): State<AppState>,
     user: CurrentUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
     let task = state.owned_task(user.id(), parse_id(&id, "task")?).await?;
+    check_credentials(&state, &task).await?;
     Ok(Json(state.driver.run(task.id).await?))
 }
 
@@ -292,6 +304,7 @@ pub(crate) async fn rerun(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Task>> {
     let task = state.owned_task(user.id(), parse_id(&id, "task")?).await?;
+    check_credentials(&state, &task).await?;
     Ok(Json(state.driver.rerun(task.id).await?))
 }
 
