@@ -92,6 +92,7 @@ export class BoardView {
       task.priority ? h('span', { class: 'chip', title: 'Priority', text: `P${task.priority}` }) : null,
       ws ? h('span', { class: `ws-dot ws-${ws.status}`, title: `workspace ${ws.status}`, dataset: { workspaceStatus: ws.status } }, icon('box'), ws.status) : null,
       timeAgo(task.statusChangedAt || task.updatedAt)),
+    task.statusDetail ? h('div', { class: 'card-detail', role: 'status', dataset: { statusDetail: '' }, text: task.statusDetail }) : null,
     task.errorMessage ? h('div', { class: 'card-error', text: task.errorMessage }) : null,
     h('div', { class: 'card-actions' },
       task.sessionId ? h('a', {
