@@ -7,9 +7,15 @@
 //! is acknowledged: the throughput ceiling, where latency is queueing) and *paced* (every
 //! node posts a batch every `BENCH_PACE_MS`, like outboxes flushing on their timer).
 //!
+//! Then *live*: every node streams text as kiln-node forwards an agent's chunks (one
+//! `POST /api/nodes/{id}/deltas` per chunk) and stores each finished segment; it prints the
+//! chunk POST→`message.delta` latency beside the stored message's POST→`message.new`.
+//!
 //! `cargo bench -p kiln-server --bench messages` (or `cargo test --bench messages` for a
 //! debug build). Sizes: `BENCH_NODES` (32), `BENCH_BATCHES` (per node, 30),
-//! `BENCH_BATCH_SIZE` (10), `BENCH_PACE_MS` (250).
+//! `BENCH_BATCH_SIZE` (10), `BENCH_PACE_MS` (250); live: `BENCH_LIVE_NODES` (8),
+//! `BENCH_LIVE_SEGMENTS` (per node, 10), `BENCH_LIVE_CHUNKS` (per segment, 20),
+//! `BENCH_DELTA_PACE_MS` (10).
 #![allow(clippy::disallowed_methods, missing_docs)] // A benchmark measures wall-clock time.
 
 #[path = "../tests/common/pg.rs"]
@@ -44,10 +50,25 @@ struct Figures {
     max: Duration,
 }
 
-async fn run(label: &str, store: Arc<dyn Store>, pace: Duration) -> Figures {
-    let nodes = env("BENCH_NODES", 32);
-    let batches = env("BENCH_BATCHES", 30);
-    let batch_size = env("BENCH_BATCH_SIZE", 10);
+/// A served Kiln over `store` with one user, one project and `nodes` simulated nodes, each
+/// with a running workspace and session.
+struct Setup {
+    base: String,
+    api_token: String,
+    project: ProjectId,
+    /// Per node: its workspace, session, workspace token, node id and node token.
+    senders: Vec<Sender>,
+}
+
+struct Sender {
+    ws: WorkspaceId,
+    session: SessionId,
+    token: String,
+    node: NodeId,
+    node_token: String,
+}
+
+async fn setup(store: Arc<dyn Store>, nodes: usize) -> Setup {
     let config = Config::resolve(ServeArgs {
         data_dir: Some(std::env::temp_dir()),
         ..ServeArgs::default()
@@ -140,20 +161,47 @@ async fn run(label: &str, store: Arc<dyn Store>, pace: Duration) -> Figures {
         let token = state
             .signer
             .workspace_token(node.id, ws.id, now, state.token_expiry());
-        senders.push((ws.id, session.id, token));
+        let node_token = state.signer.node_token(node.id, now, state.token_expiry());
+        senders.push(Sender {
+            ws: ws.id,
+            session: session.id,
+            token,
+            node: node.id,
+            node_token,
+        });
     }
-    // The viewer.
+    Setup {
+        base,
+        api_token: api_token.to_string(),
+        project: project.id,
+        senders,
+    }
+}
+
+/// A WebSocket viewer of the project, as a browser opens it.
+async fn viewer(
+    setup: &Setup,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let url = format!(
         "{}/api/projects/{}/ws",
-        base.replace("http", "ws"),
-        project.id
+        setup.base.replace("http", "ws"),
+        setup.project
     );
     let mut req = tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
     req.headers_mut().insert(
         "authorization",
-        format!("Bearer {api_token}").parse().unwrap(),
+        format!("Bearer {}", setup.api_token).parse().unwrap(),
     );
-    let (socket, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    tokio_tungstenite::connect_async(req).await.unwrap().0
+}
+
+async fn run(label: &str, store: Arc<dyn Store>, pace: Duration) -> Figures {
+    let nodes = env("BENCH_NODES", 32);
+    let batches = env("BENCH_BATCHES", 30);
+    let batch_size = env("BENCH_BATCH_SIZE", 10);
+    let setup = setup(store, nodes).await;
+    let socket = viewer(&setup).await;
+    let base = setup.base.clone();
     let total = nodes * batches * batch_size;
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
@@ -181,7 +229,10 @@ async fn run(label: &str, store: Arc<dyn Store>, pace: Duration) -> Figures {
     let http = reqwest::Client::new();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for (ws, session, token) in senders {
+    for Sender {
+        ws, session, token, ..
+    } in setup.senders
+    {
         let http = http.clone();
         let base = base.clone();
         let sent = sent.clone();
@@ -227,30 +278,181 @@ async fn run(label: &str, store: Arc<dyn Store>, pace: Duration) -> Figures {
     let _ = tokio::time::timeout(Duration::from_secs(60), viewer).await;
     let sent = sent.lock().unwrap();
     let received = received.lock().unwrap();
-    let mut latencies: Vec<Duration> = sent
+    let latencies: Vec<Duration> = sent
         .iter()
         .filter_map(|(id, at)| received.get(id).map(|r| r.saturating_duration_since(*at)))
         .collect();
+    figures(latencies, total, elapsed, label)
+}
+
+/// Percentiles of `latencies` (sorted here).
+fn figures(
+    mut latencies: Vec<Duration>,
+    expected: usize,
+    elapsed: Duration,
+    label: &str,
+) -> Figures {
     latencies.sort();
+    if latencies.len() < expected {
+        eprintln!(
+            "{label}: only {} of {expected} reached the viewer",
+            latencies.len()
+        );
+    }
     let pick = |q: f64| {
         latencies
             .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
             .copied()
             .unwrap_or_default()
     };
-    if latencies.len() < total {
-        eprintln!(
-            "{label}: only {} of {total} messages reached the viewer",
-            latencies.len()
-        );
-    }
     Figures {
-        messages: total,
+        messages: expected,
         elapsed,
         p50: pick(0.50),
         p99: pick(0.99),
         max: latencies.last().copied().unwrap_or_default(),
     }
+}
+
+/// Live text: every simulated node streams segments as kiln-node forwards an agent's chunks
+/// (one `POST /api/nodes/{id}/deltas` per chunk, every `BENCH_DELTA_PACE_MS`), then stores
+/// the segment's message. Returns the POST→`message.delta` latency of the chunks and the
+/// POST→`message.new` latency of the stored messages, as one viewer's browser sees them.
+async fn run_live(label: &str, store: Arc<dyn Store>) -> (Figures, Figures) {
+    let nodes = env("BENCH_LIVE_NODES", 8);
+    let segments = env("BENCH_LIVE_SEGMENTS", 10);
+    let chunks = env("BENCH_LIVE_CHUNKS", 20);
+    let pace = Duration::from_millis(env("BENCH_DELTA_PACE_MS", 10) as u64);
+    let setup = setup(store, nodes).await;
+    let mut socket = viewer(&setup).await;
+    let total_chunks = nodes * segments * chunks;
+    let total_messages = nodes * segments;
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let received: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let watcher = tokio::spawn({
+        let received = received.clone();
+        async move {
+            let mut messages = 0;
+            while let Some(Ok(frame)) = socket.next().await {
+                let tungstenite::Message::Text(text) = frame else {
+                    continue;
+                };
+                let at = Instant::now();
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+                let mut r = received.lock().unwrap();
+                match v["type"].as_str() {
+                    // Each chunk carries a marker `<node:segment:chunk>`.
+                    Some("message.delta") => {
+                        let text = v["data"]["text"].as_str().unwrap_or_default();
+                        for marker in text.split('<').skip(1).filter_map(|m| m.split_once('>')) {
+                            r.entry(format!("<{}>", marker.0)).or_insert(at);
+                        }
+                    }
+                    Some("message.new") => {
+                        r.insert(v["data"]["id"].as_str().unwrap().to_owned(), at);
+                        messages += 1;
+                        if messages >= total_messages {
+                            return;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    });
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (n, sender) in setup.senders.into_iter().enumerate() {
+        let (http, base, sent) = (http.clone(), setup.base.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            for k in 0..segments {
+                let segment = MessageId::new();
+                let mut content = String::new();
+                for c in 0..chunks {
+                    let marker = format!("<{n}:{k}:{c}>");
+                    let text = format!("{marker} lorem ipsum dolor ");
+                    content.push_str(&text);
+                    sent.lock().unwrap().insert(marker, Instant::now());
+                    let r = http
+                        .post(format!("{base}/api/nodes/{}/deltas", sender.node))
+                        .bearer_auth(&sender.node_token)
+                        .json(&json!({"deltas": [{
+                            "workspaceId": sender.ws,
+                            "sessionId": sender.session,
+                            "segmentId": segment,
+                            "text": text,
+                        }]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "{:?}", r.text().await);
+                    tokio::time::sleep(pace).await;
+                }
+                sent.lock()
+                    .unwrap()
+                    .insert(segment.to_string(), Instant::now());
+                let r = http
+                    .post(format!("{base}/api/workspaces/{}/messages", sender.ws))
+                    .bearer_auth(&sender.token)
+                    .json(&json!({"messages": [{
+                        "id": segment,
+                        "sessionId": sender.session,
+                        "role": "assistant",
+                        "content": content,
+                        "seq": k + 1,
+                        "createdAt": "2026-11-25T08:00:00Z",
+                    }]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "{:?}", r.text().await);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let _ = tokio::time::timeout(Duration::from_secs(60), watcher).await;
+    let sent = sent.lock().unwrap();
+    let received = received.lock().unwrap();
+    let (mut chunk_lat, mut message_lat) = (Vec::new(), Vec::new());
+    for (key, at) in sent.iter() {
+        if let Some(r) = received.get(key) {
+            let d = r.saturating_duration_since(*at);
+            if key.starts_with('<') {
+                chunk_lat.push(d);
+            } else {
+                message_lat.push(d);
+            }
+        }
+    }
+    (
+        figures(chunk_lat, total_chunks, elapsed, &format!("{label} chunks")),
+        figures(
+            message_lat,
+            total_messages,
+            elapsed,
+            &format!("{label} stored"),
+        ),
+    )
+}
+
+fn report_live(label: &str, chunks: &Figures, stored: &Figures) {
+    println!(
+        "{label:<20} {} chunks from {} nodes in {:.2} s: chunk POST→message.delta p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; \
+         beside {} stored messages POST→message.new p50 {:.1} ms, p99 {:.1} ms",
+        chunks.messages,
+        env("BENCH_LIVE_NODES", 8),
+        chunks.elapsed.as_secs_f64(),
+        chunks.p50.as_secs_f64() * 1e3,
+        chunks.p99.as_secs_f64() * 1e3,
+        chunks.max.as_secs_f64() * 1e3,
+        stored.messages,
+        stored.p50.as_secs_f64() * 1e3,
+        stored.p99.as_secs_f64() * 1e3,
+    );
 }
 
 fn report(label: &str, f: &Figures) {
@@ -276,6 +478,8 @@ async fn main() {
         let f = run("sqlite", sqlite.clone(), pace).await;
         report(&format!("sqlite {load}"), &f);
     }
+    let (chunks, stored) = run_live("sqlite live", sqlite.clone()).await;
+    report_live("sqlite live", &chunks, &stored);
     if let Some(db) = pg::TestDatabase::create("bench messages (postgres)").await {
         let postgres: Arc<dyn Store> = Arc::new(
             kiln_backends::PostgresStore::connect(&db.url)
@@ -286,5 +490,7 @@ async fn main() {
             let f = run("postgres", postgres.clone(), pace).await;
             report(&format!("postgres {load}"), &f);
         }
+        let (chunks, stored) = run_live("postgres live", postgres.clone()).await;
+        report_live("postgres live", &chunks, &stored);
     }
 }
