@@ -59,7 +59,9 @@ struct Run {
     _node: tokio::task::JoinHandle<kiln_node::Result<kiln_node::NodeExit>>,
 }
 
-async fn start_node() -> Run {
+/// A node whose agent echoes `say` (a node knows only its own secrets: another test's token
+/// is just text to it).
+async fn start_node(say: Option<&str>) -> Run {
     let (fake, url) = start_fake().await;
     let data = tempfile::tempdir().unwrap();
     let mut config = NodeConfig::new(NodeId::new(), &url, NODE_TOKEN, data.path());
@@ -68,9 +70,9 @@ async fn start_node() -> Run {
     config.heartbeat_interval = Duration::from_millis(200);
     config.poll_wait = Duration::from_millis(500);
     // The agent echoes the token, split across chunks, as one that found it would.
-    config
-        .agent_env
-        .insert("KILN_DEMO_SAY".into(), TOKEN.into());
+    if let Some(say) = say {
+        config.agent_env.insert("KILN_DEMO_SAY".into(), say.into());
+    }
     config
         .agent_env
         .insert("KILN_DEMO_CHUNK_CHARS".into(), "5".into());
@@ -191,7 +193,7 @@ async fn with_the_token_the_branch_is_pushed_and_the_token_shows_up_nowhere() {
     let bare = bare_repo(repos.path(), &[]);
     let server = GitHttp::start(repos.path().to_path_buf(), TOKEN, Access::Private).await;
     let repository_url = format!("{}/origin.git", server.url);
-    let run = start_node().await;
+    let run = start_node(Some(TOKEN)).await;
     let t = create(&run, &repository_url, Some(TOKEN));
 
     let done = terminal(&run.fake, t.workspace).await;
@@ -273,6 +275,11 @@ async fn with_the_token_the_branch_is_pushed_and_the_token_shows_up_nowhere() {
         0o700
     );
     assert_not_logged(TOKEN);
+    let logs = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    assert!(
+        logs.contains("kiln-demo: came across [redacted]"),
+        "the agent's stderr is logged, redacted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -283,7 +290,7 @@ async fn without_the_token_a_refused_push_fails_the_task_with_a_clear_message() 
     // Anyone may clone; only the token may push.
     let server = GitHttp::start(repos.path().to_path_buf(), TOKEN, Access::PublicRead).await;
     let repository_url = format!("{}/origin.git", server.url);
-    let run = start_node().await;
+    let run = start_node(None).await;
     let t = create(&run, &repository_url, None);
 
     let done = terminal(&run.fake, t.workspace).await;
@@ -312,7 +319,7 @@ async fn a_wrong_token_fails_the_checkout_of_a_private_repository() {
     // A username in the URL is sent with the token; it never shows in the error.
     let repository_url = format!("{}/origin.git", server.url);
     let with_user = repository_url.replace("http://", "http://someone@");
-    let run = start_node().await;
+    let run = start_node(Some(wrong)).await;
     let t = create(&run, &with_user, Some(wrong));
 
     let done = terminal(&run.fake, t.workspace).await;

@@ -137,6 +137,12 @@ impl SessionCapture {
         self
     }
 
+    /// The secret values it redacts.
+    #[must_use]
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
     /// How many messages were recorded.
     #[must_use]
     pub fn recorded(&self) -> u64 {

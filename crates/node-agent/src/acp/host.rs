@@ -147,7 +147,11 @@ impl AgentHost {
             return Err(NodeError::Agent("agent stdio unavailable".into()));
         };
         let stderr_tail = Arc::new(StdMutex::new(VecDeque::new()));
-        tokio::spawn(collect_stderr(stderr, stderr_tail.clone()));
+        tokio::spawn(collect_stderr(
+            stderr,
+            stderr_tail.clone(),
+            capture.redactor().clone(),
+        ));
         let (tx, rx) = mpsc::unbounded_channel();
         let session = Session {
             capture: Arc::new(Mutex::new(capture)),
@@ -499,12 +503,16 @@ impl Session {
     }
 }
 
+/// Logs the agent's stderr (known secrets redacted) and keeps its last lines for the error
+/// of a crash.
 async fn collect_stderr(
     stderr: tokio::process::ChildStderr,
     tail: Arc<StdMutex<VecDeque<String>>>,
+    redactor: crate::redact::Redactor,
 ) {
     let mut lines = BufReader::new(stderr).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        let line = redactor.redact(&line);
         tracing::debug!(target: "kiln_node::agent_stderr", "{line}");
         let mut tail = tail
             .lock()

@@ -372,6 +372,10 @@ impl Turn {
         {
             return Ok(StopReason::Cancelled);
         }
+        if let Some(say) = &self.settings.say {
+            // As an agent that logs what it found.
+            eprintln!("kiln-demo: came across {say}");
+        }
         if let Some(say) = self.settings.say.clone()
             && self
                 .stream(&format!("I came across this: {say}"), None, true)

@@ -160,6 +160,8 @@ impl WorkspaceActor {
     }
 
     fn fail(&mut self, error: String) {
+        // Agent errors and their stderr can carry what the agent came across.
+        let error = self.redactor.redact(&error);
         tracing::warn!(workspace = %self.id(), %error, "workspace failed");
         let event = WorkspaceEvent::Failed {
             workspace_id: self.id(),
