@@ -45,6 +45,7 @@ impl Durability {
 /// | `auth_retry_max_interval` | `MSG_AUTH_RETRY_MAX_INTERVAL_MS` | 300,000 ms |
 /// | `durability` | `MSG_OUTBOX_DURABILITY` (`process` or `power-loss`) | `process` |
 /// | `group_commit_max_rows` | `MSG_GROUP_COMMIT_MAX_ROWS` | 512 rows |
+/// | `group_commit_max_wait` | `MSG_GROUP_COMMIT_MAX_WAIT_US` | 1,000 µs (0: never wait) |
 /// | `dead_max_rows` | `MSG_DEAD_MAX_ROWS` | 1,000 rows |
 /// | `http_timeout` | `MSG_HTTP_TIMEOUT_MS` | 30,000 ms |
 /// | `http_connect_timeout` | `MSG_HTTP_CONNECT_TIMEOUT_MS` | 5,000 ms |
@@ -82,6 +83,9 @@ pub struct OutboxConfig {
     pub durability: Durability,
     /// Most rows one group commit takes from the queue of waiting producers.
     pub group_commit_max_rows: usize,
+    /// Longest a committer waits for the producers of the previous group to call again
+    /// before committing (never longer than the previous commit took). Zero: never wait.
+    pub group_commit_max_wait: Duration,
     /// Most rows kept in the `dead` table (dropped messages kept for inspection); the oldest
     /// go first.
     pub dead_max_rows: usize,
@@ -107,6 +111,7 @@ impl Default for OutboxConfig {
             auth_retry_max_interval: Duration::from_millis(300_000),
             durability: Durability::Process,
             group_commit_max_rows: 512,
+            group_commit_max_wait: Duration::from_micros(1_000),
             dead_max_rows: 1_000,
             http_timeout: Duration::from_millis(30_000),
             http_connect_timeout: Duration::from_millis(5_000),
@@ -191,6 +196,11 @@ impl OutboxConfig {
             &vars,
             "MSG_GROUP_COMMIT_MAX_ROWS",
             &mut c.group_commit_max_rows,
+        )?;
+        set_us(
+            &vars,
+            "MSG_GROUP_COMMIT_MAX_WAIT_US",
+            &mut c.group_commit_max_wait,
         )?;
         set_usize(&vars, "MSG_DEAD_MAX_ROWS", &mut c.dead_max_rows)?;
         set_ms(&vars, "MSG_HTTP_TIMEOUT_MS", &mut c.http_timeout)?;
@@ -280,6 +290,21 @@ fn set_ms(
     Ok(())
 }
 
+fn set_us(
+    vars: &HashMap<String, String>,
+    name: &str,
+    slot: &mut Duration,
+) -> Result<(), OutboxError> {
+    if let Some(v) = vars.get(name) {
+        let us: u64 = v
+            .trim()
+            .parse()
+            .map_err(|_| invalid(name, v, "expected microseconds as an integer"))?;
+        *slot = Duration::from_micros(us);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +340,7 @@ mod tests {
             ("MSG_AUTH_RETRY_MAX_INTERVAL_MS", "60"),
             ("MSG_OUTBOX_DURABILITY", "power-loss"),
             ("MSG_GROUP_COMMIT_MAX_ROWS", "8"),
+            ("MSG_GROUP_COMMIT_MAX_WAIT_US", "250"),
             ("MSG_DEAD_MAX_ROWS", "9"),
             ("MSG_HTTP_TIMEOUT_MS", "70"),
             ("MSG_HTTP_CONNECT_TIMEOUT_MS", "80"),
@@ -335,6 +361,7 @@ mod tests {
             auth_retry_max_interval: ms(60),
             durability: Durability::PowerLoss,
             group_commit_max_rows: 8,
+            group_commit_max_wait: Duration::from_micros(250),
             dead_max_rows: 9,
             http_timeout: ms(70),
             http_connect_timeout: ms(80),

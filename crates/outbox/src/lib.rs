@@ -62,17 +62,33 @@
 //!   `fullfsync` on macOS): every acknowledged enqueue is on stable storage. Power loss is
 //!   not simulated in CI; this rests on SQLite's documented FULL semantics.
 //!
-//! Producers share commits: a single writer thread owns the write connection, takes
-//! everything queued (up to `MSG_GROUP_COMMIT_MAX_ROWS`) into one `BEGIN IMMEDIATE … COMMIT`,
-//! then answers every waiter. Each call runs in its own savepoint, so one failing call does
-//! not fail its neighbours; a failed **commit** fails every waiter of the group, and no
-//! waiter is ever told `Ok` for a row that is not committed.
+//! Producers share commits (group commit). One write connection; calls queue in front of
+//! it, and whoever finds it idle commits everything queued (up to
+//! `MSG_GROUP_COMMIT_MAX_ROWS`) in one `BEGIN IMMEDIATE … COMMIT`, then answers every
+//! waiter. [`Outbox::enqueue_blocking`] commits on the calling thread when the writer is
+//! idle (a lone producer pays no thread hand-off); [`Outbox::enqueue`] and the flusher hand
+//! the queue to the writer thread, which also takes over whatever queued up meanwhile.
+//! When the previous group served several calls, the committer first waits for as many to
+//! be queued (at most `MSG_GROUP_COMMIT_MAX_WAIT_US`, never longer than the previous
+//! commit took), because the producers just answered are about to call again.
+//! A group runs without savepoints; if one call fails, the group is rolled back and run
+//! again with one savepoint per call, so one failing call does not fail its neighbours.
+//! A failed **commit** fails every waiter of the group, and no waiter is ever told `Ok`
+//! for a row that is not committed.
+//!
+//! WAL checkpoints (the only place `synchronous=NORMAL` fsyncs) run on a separate thread
+//! with its own connection (`PASSIVE`, about 50 ms after commits), not inside a producer's
+//! commit; the writer's own auto-checkpoint remains as a fallback at 10,000 pages. The
+//! checkpoint connection syncs at the configured durability level.
 //!
 //! ## Order, identity and delivery
 //!
 //! Each message keeps the id its producer gave it and gets a per-session `seq` (1, 2, 3 …,
-//! contiguous, never reused after a crash), allocated from the `sessions` table in the same
-//! transaction as the insert. The receiver should deduplicate by id (delivery is
+//! contiguous, never reused after a crash), allocated in the same transaction as the
+//! insert. A session's next seq is the larger of its `sessions` row and `MAX(seq) + 1` of
+//! its pending rows: an insert-only commit writes only the row (opening the file folds
+//! `MAX(seq) + 1` back into `sessions`), and a commit that removes rows first brings the
+//! `sessions` rows of the sessions concerned up to date. The receiver should deduplicate by id (delivery is
 //! at-least-once: a crash between the receiver's 2xx and the local delete resends the
 //! batch) and may order a session by `seq`; a gap in `seq` is always explained by a drop
 //! notice.
@@ -156,6 +172,7 @@
 //! | [`auth_retry_max_interval`](OutboxConfig::auth_retry_max_interval) | `MSG_AUTH_RETRY_MAX_INTERVAL_MS` | 300000 |
 //! | [`durability`](OutboxConfig::durability) | `MSG_OUTBOX_DURABILITY` (`process` / `power-loss`) | `process` |
 //! | [`group_commit_max_rows`](OutboxConfig::group_commit_max_rows) | `MSG_GROUP_COMMIT_MAX_ROWS` | 512 |
+//! | [`group_commit_max_wait`](OutboxConfig::group_commit_max_wait) | `MSG_GROUP_COMMIT_MAX_WAIT_US` | 1000 (0: never wait) |
 //! | [`dead_max_rows`](OutboxConfig::dead_max_rows) | `MSG_DEAD_MAX_ROWS` | 1000 |
 //! | [`http_timeout`](OutboxConfig::http_timeout) | `MSG_HTTP_TIMEOUT_MS` | 30000 |
 //! | [`http_connect_timeout`](OutboxConfig::http_connect_timeout) | `MSG_HTTP_CONNECT_TIMEOUT_MS` | 5000 |
@@ -167,12 +184,14 @@
 //! [`HttpMessageSink`] need a tokio runtime (either flavour).
 
 pub mod body;
+mod checkpoint;
 mod config;
 mod error;
 mod flusher;
 mod http;
 mod metrics;
 mod outbox;
+mod queue;
 mod router;
 mod schema;
 mod writer;

@@ -3,7 +3,6 @@
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -16,8 +15,10 @@ use rusqlite::{Connection, params};
 use tokio::sync::{Notify, oneshot};
 
 use crate::body;
+use crate::checkpoint::{self, Checkpointer};
 use crate::config::OutboxConfig;
 use crate::error::OutboxError;
+use crate::queue::{Committer, WriteQueue};
 use crate::schema;
 use crate::writer::{
     Command, Counters, NewRow, Receipt, RouteKey, RowKey, Settle, SettleOutcome, Writer,
@@ -108,8 +109,10 @@ impl std::fmt::Debug for Outbox {
 pub(crate) struct Inner {
     path: PathBuf,
     pub(crate) config: OutboxConfig,
-    tx: Option<Sender<Command>>,
+    queue: Arc<WriteQueue>,
     writer: Option<JoinHandle<()>>,
+    checkpointer: Arc<Checkpointer>,
+    checkpoint_thread: Option<JoinHandle<()>>,
     reader: Mutex<Connection>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) notify: Arc<Notify>,
@@ -122,9 +125,13 @@ pub(crate) struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        drop(self.tx.take());
+        self.queue.close();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        self.checkpointer.close();
+        if let Some(thread) = self.checkpoint_thread.take() {
+            let _ = thread.join();
         }
     }
 }
@@ -155,33 +162,49 @@ impl Outbox {
         let lock = lock_file(&path)?;
         let conn = schema::open_writer(&path, config.durability)?;
         let reader = schema::open_reader(&path)?;
+        let checkpoint_conn = checkpoint::open_connection(&path, config.durability)?;
+        let checkpointer = Arc::new(Checkpointer::default());
         let counters = Arc::new(Counters::default());
         let notify = Arc::new(Notify::new());
         let fail_commits = Arc::new(AtomicU32::new(0));
-        let (tx, rx) = mpsc::channel();
         let writer = Writer::new(
             conn,
-            rx,
             counters.clone(),
             notify.clone(),
             clock.clone(),
             WriterLimits {
                 max_size: u64::try_from(config.max_size).unwrap_or(u64::MAX),
                 dead_max_rows: config.dead_max_rows,
-                group_max_rows: config.group_commit_max_rows,
             },
             fail_commits.clone(),
+            checkpointer.clone(),
         )?;
-        let writer = std::thread::Builder::new()
-            .name("kiln-outbox-writer".into())
-            .spawn(move || writer.run())?;
+        let queue = Arc::new(WriteQueue::new(
+            writer,
+            config.group_commit_max_rows,
+            config.group_commit_max_wait,
+        ));
+        let writer = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("kiln-outbox-writer".into())
+                .spawn(move || queue.run_thread())?
+        };
+        let checkpoint_thread = {
+            let checkpointer = checkpointer.clone();
+            std::thread::Builder::new()
+                .name("kiln-outbox-checkpoint".into())
+                .spawn(move || checkpointer.run(&checkpoint_conn))?
+        };
         tracing::debug!(path = %path.display(), "outbox opened");
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 config,
-                tx: Some(tx),
+                queue,
                 writer: Some(writer),
+                checkpointer,
+                checkpoint_thread: Some(checkpoint_thread),
                 reader: Mutex::new(reader),
                 counters,
                 notify,
@@ -230,11 +253,13 @@ impl Outbox {
         route: impl Into<Route>,
         messages: Vec<ChatMessage>,
     ) -> Result<Vec<Receipt>, OutboxError> {
-        let rx = self.send_enqueue(route.into(), messages)?;
+        let rx = self.send_enqueue(route.into(), messages, Committer::Thread)?;
         rx.await.map_err(|_| OutboxError::Closed)?
     }
 
     /// [`enqueue`](Self::enqueue) for synchronous callers (not from inside an async task).
+    /// When the writer is idle the commit runs on the calling thread (together with
+    /// whatever else is queued by then), which saves two thread hand-offs per call.
     ///
     /// # Errors
     /// As [`enqueue`](Self::enqueue).
@@ -256,7 +281,7 @@ impl Outbox {
         route: impl Into<Route>,
         messages: Vec<ChatMessage>,
     ) -> Result<Vec<Receipt>, OutboxError> {
-        let rx = self.send_enqueue(route.into(), messages)?;
+        let rx = self.send_enqueue(route.into(), messages, Committer::Caller)?;
         rx.blocking_recv().map_err(|_| OutboxError::Closed)?
     }
 
@@ -264,31 +289,28 @@ impl Outbox {
         &self,
         route: Route,
         messages: Vec<ChatMessage>,
+        committer: Committer,
     ) -> Result<oneshot::Receiver<Result<Vec<Receipt>, OutboxError>>, OutboxError> {
         let max = self.inner.config.max_message_content_bytes;
         let rows = messages.into_iter().map(|m| new_row(m, max)).collect();
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Enqueue {
-            route: route.key(),
-            rows,
-            reply,
-        })?;
+        self.inner.queue.submit(
+            Command::Enqueue {
+                route: route.key(),
+                rows,
+                reply,
+            },
+            committer,
+        )?;
         Ok(rx)
     }
 
     pub(crate) async fn settle(&self, settle: Settle) -> Result<SettleOutcome, OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Settle { settle, reply })?;
-        rx.await.map_err(|_| OutboxError::Closed)?
-    }
-
-    fn send(&self, cmd: Command) -> Result<(), OutboxError> {
         self.inner
-            .tx
-            .as_ref()
-            .ok_or(OutboxError::Closed)?
-            .send(cmd)
-            .map_err(|_| OutboxError::Closed)
+            .queue
+            .submit(Command::Settle { settle, reply }, Committer::Thread)?;
+        rx.await.map_err(|_| OutboxError::Closed)?
     }
 
     /// Rows waiting for delivery (committed state).

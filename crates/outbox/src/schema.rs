@@ -79,8 +79,31 @@ pub(crate) fn open_writer(path: &Path, durability: Durability) -> Result<Connect
     }
     // The outbox relies on the integer-key monotonicity of AUTOINCREMENT, not on FKs.
     set_and_check(&conn, "foreign_keys", 0)?;
+    // Checkpoints run on their own thread (see `checkpoint`); this is only the fallback.
+    set_and_check(
+        &conn,
+        "wal_autocheckpoint",
+        crate::checkpoint::WRITER_AUTOCHECKPOINT_PAGES,
+    )?;
     migrate(&conn)?;
+    reconcile_sessions(&conn)?;
     Ok(conn)
+}
+
+/// Brings each session's `next_seq` up to `MAX(seq) + 1` of its pending rows. The writer
+/// persists `next_seq` only when it removes rows (an insert-only commit saves that page), so
+/// after a crash the newest seqs may live only in `message_outbox`. Only raises values;
+/// never deletes.
+fn reconcile_sessions(conn: &Connection) -> Result<(), OutboxError> {
+    conn.execute(
+        "INSERT INTO sessions (session_id, workspace, next_seq) \
+         SELECT session_id, workspace, MAX(seq) + 1 FROM message_outbox WHERE true \
+         GROUP BY session_id \
+         ON CONFLICT (session_id) DO UPDATE SET next_seq = excluded.next_seq \
+         WHERE excluded.next_seq > sessions.next_seq",
+        [],
+    )?;
+    Ok(())
 }
 
 /// Opens a read-only connection for the flusher and the metrics.
@@ -93,7 +116,11 @@ pub(crate) fn open_reader(path: &Path) -> Result<Connection, OutboxError> {
     Ok(conn)
 }
 
-fn set_and_check(conn: &Connection, pragma: &'static str, value: i64) -> Result<(), OutboxError> {
+pub(crate) fn set_and_check(
+    conn: &Connection,
+    pragma: &'static str,
+    value: i64,
+) -> Result<(), OutboxError> {
     conn.pragma_update(None, pragma, value)?;
     let got: i64 = conn.pragma_query_value(None, pragma, |r| r.get(0))?;
     if got == value {

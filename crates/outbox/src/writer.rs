@@ -2,16 +2,17 @@
 //! producers and the flusher into one `BEGIN IMMEDIATE … COMMIT` (group commit), then
 //! answers every waiter of the group. A failed commit fails every waiter of its group.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
 
 use kiln_core::{LifecycleClock, MessageId, Role};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, oneshot};
 
+use crate::checkpoint::Checkpointer;
 use crate::error::OutboxError;
 
 /// A row to insert, already encoded by the producer (off the writer thread).
@@ -136,7 +137,7 @@ pub(crate) enum Command {
 }
 
 impl Command {
-    fn weight(&self) -> usize {
+    pub(crate) fn weight(&self) -> usize {
         match self {
             Self::Enqueue { rows, .. } => rows.len().max(1),
             Self::Settle { settle, .. } => (settle.delivered.len() + settle.dropped.len()).max(1),
@@ -191,6 +192,11 @@ struct Delta {
 }
 
 impl Delta {
+    /// Whether this group takes rows out of `message_outbox` (delivered, dropped, evicted).
+    fn removes_rows(&self) -> bool {
+        self.delivered > 0 || !self.dropped.is_empty()
+    }
+
     fn absorb(&mut self, other: Delta) {
         self.sessions.extend(other.sessions);
         self.pending += other.pending;
@@ -208,32 +214,49 @@ impl Delta {
 pub(crate) struct WriterLimits {
     pub max_size: u64,
     pub dead_max_rows: usize,
-    pub group_max_rows: usize,
 }
 
 pub(crate) struct Writer {
     conn: Connection,
-    rx: Receiver<Command>,
     counters: Arc<Counters>,
     notify: Arc<Notify>,
     clock: Arc<dyn LifecycleClock>,
     sessions: HashMap<String, SessionSeq>,
+    /// Sessions whose cached `next_seq` is ahead of their `sessions` row. That is safe while
+    /// their newest row is still in `message_outbox` (opening takes `MAX(seq) + 1` from
+    /// there); any group that removes rows first writes these rows.
+    unsaved: HashSet<String>,
     limits: WriterLimits,
+    /// How long the last group took, begin to commit (bounds the next gather window).
+    last_commit: Duration,
     /// Test hook: the next N commits fail as if SQLite had refused them.
     fail_commits: Arc<AtomicU32>,
+    checkpointer: Arc<Checkpointer>,
 }
 
-type Reply = Box<dyn FnOnce(Result<(), OutboxError>) + Send>;
+/// What one command produced, answered once its group has committed.
+enum Output {
+    Receipts(Vec<Receipt>),
+    Settled(SettleOutcome),
+}
+
+/// Why a group did not commit.
+enum GroupError {
+    /// One command failed (only without savepoints): everything was rolled back.
+    Command(OutboxError),
+    /// `BEGIN` or `COMMIT` failed: every waiter of the group is told.
+    Commit(OutboxError),
+}
 
 impl Writer {
     pub(crate) fn new(
         conn: Connection,
-        rx: Receiver<Command>,
         counters: Arc<Counters>,
         notify: Arc<Notify>,
         clock: Arc<dyn LifecycleClock>,
         limits: WriterLimits,
         fail_commits: Arc<AtomicU32>,
+        checkpointer: Arc<Checkpointer>,
     ) -> Result<Self, OutboxError> {
         let pending: i64 =
             conn.query_row("SELECT COUNT(*) FROM message_outbox", [], |r| r.get(0))?;
@@ -242,48 +265,98 @@ impl Writer {
             .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
         Ok(Self {
             conn,
-            rx,
             counters,
             notify,
             clock,
             sessions: HashMap::new(),
+            unsaved: HashSet::new(),
             limits,
+            last_commit: Duration::ZERO,
             fail_commits,
+            checkpointer,
         })
     }
 
-    /// Runs until every sender is gone, committing whatever was queued.
-    pub(crate) fn run(mut self) {
-        while let Ok(first) = self.rx.recv() {
-            let mut weight = first.weight();
-            let mut group = vec![first];
-            while weight < self.limits.group_max_rows {
-                match self.rx.try_recv() {
-                    Ok(cmd) => {
-                        weight += cmd.weight();
-                        group.push(cmd);
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+    /// How long the last group took.
+    pub(crate) fn last_commit(&self) -> Duration {
+        self.last_commit
+    }
+
+    /// Commits `group` in one transaction and answers every waiter.
+    ///
+    /// The group first runs without savepoints (the common case: nothing fails, and a
+    /// savepoint per call is measurable at one row per commit). If a call fails, everything
+    /// is rolled back and the group runs again with one savepoint per call, so the failing
+    /// call gets its error and its neighbours are still committed. A failed `COMMIT` fails
+    /// every waiter of the group; no waiter is ever told `Ok` for a row that is not committed.
+    pub(crate) fn commit_group(&mut self, group: Vec<Command>) {
+        let started = Instant::now();
+        let results = match self.run_group(&group, false) {
+            Ok(results) => Ok(results),
+            Err(GroupError::Command(e)) if group.len() == 1 => Ok(vec![Err(e)]),
+            Err(GroupError::Command(_)) => match self.run_group(&group, true) {
+                Ok(results) => Ok(results),
+                Err(GroupError::Command(e) | GroupError::Commit(e)) => Err(e),
+            },
+            Err(GroupError::Commit(e)) => Err(e),
+        };
+        self.last_commit = started.elapsed();
+        match results {
+            Ok(results) => {
+                for (cmd, result) in group.into_iter().zip(results) {
+                    answer(cmd, result);
                 }
             }
-            self.commit_group(group);
+            Err(e) => {
+                for cmd in group {
+                    answer(cmd, Err(e.clone()));
+                }
+            }
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Command>) {
+    /// A transaction-control statement, prepared once.
+    fn exec(&self, sql: &str) -> Result<(), OutboxError> {
+        self.conn.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+
+    fn run_group(
+        &mut self,
+        group: &[Command],
+        isolate: bool,
+    ) -> Result<Vec<Result<Output, OutboxError>>, GroupError> {
+        self.exec("BEGIN IMMEDIATE").map_err(GroupError::Commit)?;
         let mut total = Delta::default();
-        let mut replies: Vec<(Reply, Result<(), OutboxError>)> = Vec::with_capacity(group.len());
-        let began = self.conn.execute_batch("BEGIN IMMEDIATE");
-        if let Err(e) = began {
-            let err = OutboxError::from(e);
-            for cmd in group {
-                Self::into_reply(cmd, None, None)(Err(err.clone()));
-            }
-            return;
-        }
+        let mut results = Vec::with_capacity(group.len());
         for cmd in group {
-            let (reply, result) = self.apply_isolated(cmd, &mut total);
-            replies.push((reply, result));
+            if isolate && let Err(e) = self.exec("SAVEPOINT cmd") {
+                results.push(Err(e));
+                continue;
+            }
+            let mut delta = Delta::default();
+            let applied = self.apply(cmd, &total, &mut delta).and_then(|out| {
+                if isolate {
+                    self.exec("RELEASE cmd").map(|()| out)
+                } else {
+                    Ok(out)
+                }
+            });
+            match applied {
+                Ok(out) => {
+                    total.absorb(delta);
+                    results.push(Ok(out));
+                }
+                Err(e) if isolate => {
+                    let _ = self.exec("ROLLBACK TO cmd");
+                    let _ = self.exec("RELEASE cmd");
+                    results.push(Err(e));
+                }
+                Err(e) => {
+                    let _ = self.exec("ROLLBACK");
+                    return Err(GroupError::Command(e));
+                }
+            }
         }
         let committed = self
             .evict_overflow(&mut total)
@@ -293,17 +366,14 @@ impl Writer {
         match committed {
             Ok(()) => {
                 self.publish(total);
-                for (reply, result) in replies {
-                    reply(result);
-                }
+                Ok(results)
             }
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
+                let _ = self.exec("ROLLBACK");
                 tracing::error!(error = %e, "outbox group commit failed; every waiter is told");
-                let err = OutboxError::Storage(format!("commit failed: {e}"));
-                for (reply, _) in replies {
-                    reply(Err(err.clone()));
-                }
+                Err(GroupError::Commit(OutboxError::Storage(format!(
+                    "commit failed: {e}"
+                ))))
             }
         }
     }
@@ -316,12 +386,18 @@ impl Writer {
         if injected {
             return Err(OutboxError::Storage("injected commit failure".into()));
         }
-        self.conn.execute_batch("COMMIT")?;
+        self.exec("COMMIT")?;
+        self.checkpointer.committed();
         Ok(())
     }
 
     fn publish(&mut self, total: Delta) {
         let c = &self.counters;
+        if total.removes_rows() {
+            self.unsaved.clear();
+        } else {
+            self.unsaved.extend(total.sessions.keys().cloned());
+        }
         self.sessions.extend(total.sessions);
         c.commits.fetch_add(1, Ordering::Relaxed);
         c.enqueued.fetch_add(total.enqueued, Ordering::Relaxed);
@@ -342,56 +418,19 @@ impl Writer {
         }
     }
 
-    /// Applies one command inside its own savepoint: a failing command is rolled back and
-    /// answered with its error without disturbing the rest of the group.
-    fn apply_isolated(
+    fn apply(
         &mut self,
-        cmd: Command,
-        total: &mut Delta,
-    ) -> (Reply, Result<(), OutboxError>) {
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
-            return (Self::into_reply(cmd, None, None), Err(e.into()));
-        }
-        let mut delta = Delta::default();
-        let (receipts, outcome, result) = match &cmd {
-            Command::Enqueue { route, rows, .. } => {
-                match self.insert(route, rows, total, &mut delta) {
-                    Ok(r) => (Some(r), None, Ok(())),
-                    Err(e) => (None, None, Err(e)),
-                }
-            }
-            Command::Settle { settle, .. } => match self.settle(settle, total, &mut delta) {
-                Ok(o) => (None, Some(o), Ok(())),
-                Err(e) => (None, None, Err(e)),
-            },
-        };
-        let result = match result {
-            Ok(()) => self
-                .conn
-                .execute_batch("RELEASE cmd")
-                .map_err(OutboxError::from)
-                .map(|()| total.absorb(delta)),
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd");
-                Err(e)
-            }
-        };
-        (Self::into_reply(cmd, receipts, outcome), result)
-    }
-
-    /// Turns a command into a one-shot answer function carrying its success value.
-    fn into_reply(
-        cmd: Command,
-        receipts: Option<Vec<Receipt>>,
-        outcome: Option<SettleOutcome>,
-    ) -> Reply {
+        cmd: &Command,
+        total: &Delta,
+        delta: &mut Delta,
+    ) -> Result<Output, OutboxError> {
         match cmd {
-            Command::Enqueue { reply, .. } => Box::new(move |r: Result<(), OutboxError>| {
-                let _ = reply.send(r.and_then(|()| receipts.ok_or(OutboxError::Closed)));
-            }),
-            Command::Settle { reply, .. } => Box::new(move |r: Result<(), OutboxError>| {
-                let _ = reply.send(r.map(|()| outcome.unwrap_or_default()));
-            }),
+            Command::Enqueue { route, rows, .. } => {
+                self.insert(route, rows, total, delta).map(Output::Receipts)
+            }
+            Command::Settle { settle, .. } => {
+                self.settle(settle, total, delta).map(Output::Settled)
+            }
         }
     }
 
@@ -739,8 +778,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Persists `next_seq` of the sessions that need it. A group that only inserts writes
+    /// nothing here: each new row carries its seq, and opening the file derives
+    /// `MAX(seq) + 1` (one page less per commit, which is most of a one-row commit's cost
+    /// after the row itself). A group that removes rows first writes every session whose
+    /// newest seq lives only in `message_outbox`, in the same transaction, so a seq is never
+    /// handed out twice.
     fn store_sessions(&mut self, total: &Delta) -> Result<(), OutboxError> {
-        for (session, state) in &total.sessions {
+        if !total.removes_rows() {
+            return Ok(());
+        }
+        let mut names: Vec<&String> = total.sessions.keys().collect();
+        names.extend(
+            self.unsaved
+                .iter()
+                .filter(|s| !total.sessions.contains_key(*s)),
+        );
+        for session in names {
+            let Some(state) = total
+                .sessions
+                .get(session)
+                .or_else(|| self.sessions.get(session))
+            else {
+                continue;
+            };
             self.conn
                 .prepare_cached(
                     "INSERT INTO sessions (session_id, workspace, next_seq) VALUES (?1, ?2, ?3) \
@@ -757,4 +818,22 @@ struct MovedRow {
     workspace: String,
     kind: String,
     project: Option<String>,
+}
+
+/// Answers one waiter.
+fn answer(cmd: Command, result: Result<Output, OutboxError>) {
+    match cmd {
+        Command::Enqueue { reply, .. } => {
+            let _ = reply.send(result.and_then(|out| match out {
+                Output::Receipts(r) => Ok(r),
+                Output::Settled(_) => Err(OutboxError::Closed),
+            }));
+        }
+        Command::Settle { reply, .. } => {
+            let _ = reply.send(result.and_then(|out| match out {
+                Output::Settled(o) => Ok(o),
+                Output::Receipts(_) => Err(OutboxError::Closed),
+            }));
+        }
+    }
 }

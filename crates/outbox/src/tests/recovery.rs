@@ -142,3 +142,115 @@ async fn a_route_in_backoff_stays_in_backoff_across_a_restart() {
     assert_eq!(sink.got.lock().unwrap().len(), 1);
     assert_eq!(outbox.pending_count(), 0);
 }
+
+#[tokio::test]
+async fn seqs_continue_after_delivery_and_restarts() {
+    // The writer persists a session's next seq only when rows leave the outbox; an
+    // insert-only commit relies on the row itself (reopen derives MAX(seq) + 1). Both paths,
+    // and their mix, must continue the sequence after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite");
+    let clock = ManualClock::starting_at_epoch();
+    let (a, b) = (SessionId::new(), SessionId::new());
+    let sink = Arc::new(Recorder::default());
+    let seq = |r: crate::Receipt| r.seq;
+    {
+        let outbox = open(&path, &clock);
+        for _ in 0..3 {
+            outbox
+                .enqueue(Route::single(), message(a, "a"))
+                .await
+                .unwrap();
+        }
+        outbox
+            .enqueue(Route::single(), message(b, "b"))
+            .await
+            .unwrap();
+        let mut flusher = Flusher::for_test(
+            &outbox,
+            Arc::new(SingleSink(sink.clone())),
+            Arc::new(clock.clone()),
+            1,
+        );
+        drain(&mut flusher).await;
+        assert_eq!(outbox.pending_count(), 0, "everything delivered");
+        // Insert-only after the delivery: b's newest seq now lives only in its row.
+        let r = outbox
+            .enqueue(Route::single(), message(b, "b2"))
+            .await
+            .unwrap();
+        assert_eq!(seq(r), 2);
+    }
+    {
+        let outbox = open(&path, &clock);
+        let r = outbox
+            .enqueue(Route::single(), message(a, "a4"))
+            .await
+            .unwrap();
+        assert_eq!(
+            seq(r),
+            4,
+            "a continues although all its rows were delivered"
+        );
+        let r = outbox
+            .enqueue(Route::single(), message(b, "b3"))
+            .await
+            .unwrap();
+        assert_eq!(seq(r), 3, "b continues from its pending row");
+        let mut flusher = Flusher::for_test(
+            &outbox,
+            Arc::new(SingleSink(sink.clone())),
+            Arc::new(clock.clone()),
+            2,
+        );
+        drain(&mut flusher).await;
+        assert_eq!(outbox.pending_count(), 0);
+    }
+    let outbox = open(&path, &clock);
+    let r = outbox
+        .enqueue(Route::single(), message(a, "a5"))
+        .await
+        .unwrap();
+    assert_eq!(seq(r), 5);
+    let r = outbox
+        .enqueue(Route::single(), message(b, "b4"))
+        .await
+        .unwrap();
+    assert_eq!(seq(r), 4);
+    let got = sink.got.lock().unwrap();
+    let of = |s: SessionId| -> Vec<i64> {
+        got.iter()
+            .filter(|m| m.session_id == s)
+            .map(|m| m.seq.unwrap())
+            .collect()
+    };
+    assert_eq!(of(a), [1, 2, 3, 4]);
+    assert_eq!(of(b), [1, 2, 3]);
+}
+
+#[test]
+fn the_wal_is_checkpointed_off_the_commit_path() {
+    // The writer's own auto-checkpoint is set far above what this test writes, so only the
+    // checkpoint thread can move these pages into the database file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite");
+    let outbox = Outbox::open(&path, OutboxConfig::default()).unwrap();
+    let size = || std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let before = size();
+    let session = SessionId::new();
+    for i in 0..200 {
+        outbox
+            .enqueue_blocking(Route::single(), message(session, &format!("m{i}")))
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while size() < before + 32 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint within 60 s: database file {} bytes (was {before})",
+            size()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(outbox.pending_count(), 200);
+}
