@@ -243,8 +243,9 @@ impl NodeProvider for HetznerFleet {
         self.provider_of(owner).await?.destroy(server).await
     }
 
-    /// The servers of every owner with a stored token; an owner whose listing fails is
-    /// skipped (logged), so one revoked token does not stop the orphan sweep for the rest.
+    /// The servers of every owner with a stored token, each under the owner its `kiln-owner`
+    /// label names; an owner whose listing fails is skipped (logged), so one revoked token
+    /// does not stop the orphan sweep for the rest.
     async fn list(&self) -> Result<Vec<ProvisionedNode>, ProviderError> {
         let owners = self
             .store
@@ -260,7 +261,14 @@ impl NodeProvider for HetznerFleet {
                 Err(e) => Err(e),
             };
             match listed {
-                Ok(found) => servers.extend(found.into_iter().map(|n| scoped(owner, n))),
+                // Owners may share a Hetzner project: each server is listed under the owner
+                // its labels name (one without the label, under every owner who sees it).
+                Ok(found) => servers.extend(
+                    found
+                        .into_iter()
+                        .filter(|n| n.owner.is_none_or(|o| o == owner))
+                        .map(|n| scoped(owner, n)),
+                ),
                 Err(e) => {
                     tracing::warn!(%owner, error = %e, "could not list the owner's Hetzner servers");
                 }

@@ -356,6 +356,61 @@ mod tests {
     }
 
     #[test]
+    fn the_vault_key_is_generated_into_the_data_dir_once_with_mode_0600_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let config = Config {
+            vault: kiln_backends::vault::VaultSettings::new(&data),
+            ..Config::resolve(crate::ServeArgs {
+                data_dir: Some(data.clone()),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let first = load_vault(&config).unwrap();
+        let sealed = first.seal(b"hcloud-token");
+        let again = load_vault(&config).unwrap();
+        assert_eq!(again.key_id(), first.key_id(), "read back, not regenerated");
+        assert_eq!(again.open(&sealed).unwrap(), b"hcloud-token");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(data.join("vault.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let key = kiln_backends::vault::VaultKey::generate();
+        let configured = Config {
+            vault: kiln_backends::vault::VaultSettings {
+                key: Some(key.to_base64()),
+                ..config.vault.clone()
+            },
+            ..config
+        };
+        let vault = load_vault(&configured).unwrap();
+        assert_eq!(
+            vault.key_id(),
+            kiln_backends::vault::Vault::new(key).key_id()
+        );
+        assert!(vault.open(&sealed).is_err(), "another key opens nothing");
+        let broken = Config {
+            vault: kiln_backends::vault::VaultSettings {
+                key: Some("not a key".into()),
+                ..configured.vault.clone()
+            },
+            ..configured
+        };
+        assert!(
+            load_vault(&broken)
+                .unwrap_err()
+                .to_string()
+                .contains("vault")
+        );
+    }
+
+    #[test]
     fn the_secret_key_is_generated_once_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::resolve(crate::ServeArgs {

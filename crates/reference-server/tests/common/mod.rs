@@ -75,7 +75,13 @@ impl TestServer {
             credentials: Arc::new(
                 kiln_server::credentials::Credentials::new(
                     kiln_backends::vault::Vault::new(kiln_backends::vault::VaultKey::generate()),
-                    kiln_backends::hetzner::HetznerSettings::default(),
+                    // Nothing listens there: tests never reach the real Hetzner API.
+                    kiln_backends::hetzner::HetznerSettings {
+                        api_url: "http://127.0.0.1:9/v1".into(),
+                        connect_timeout: std::time::Duration::from_millis(500),
+                        request_timeout: std::time::Duration::from_secs(2),
+                        ..kiln_backends::hetzner::HetznerSettings::default()
+                    },
                     clock.clone(),
                 )
                 .unwrap(),
