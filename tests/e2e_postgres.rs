@@ -19,7 +19,11 @@ async fn two_replicas_on_postgres_run_a_task_and_share_live_updates() {
     {
         // Replicas share the token signing key (a node may be bootstrapped by one replica
         // and handed workspace tokens by another).
-        let key = [("KILN_SECRET_KEY", "e2e-shared-secret-key-of-both-replicas")];
+        // The demo agent streams at a visible pace, so live text has time to reach B.
+        let key = [
+            ("KILN_SECRET_KEY", "e2e-shared-secret-key-of-both-replicas"),
+            ("KILN_DEMO_PACE_MS", "20"),
+        ];
         let a = Kiln::start(&dir.path().join("a"), Some(&url), &key).await;
         let b = Kiln::start(&dir.path().join("b"), Some(&url), &key).await;
         let token = a.user_token("carol");
@@ -63,6 +67,28 @@ async fn two_replicas_on_postgres_run_a_task_and_share_live_updates() {
             frames.iter().any(|f| f["type"] == "node.updated"),
             "node changes reach replica B's viewer too"
         );
+        // The agent's text streamed through replica A (its node's replica) grew on replica
+        // B's page too, and each segment's text so far is the start of its stored message.
+        let deltas: Vec<&serde_json::Value> = frames
+            .iter()
+            .filter(|f| f["type"] == "message.delta" && f["data"]["sessionId"] == session)
+            .collect();
+        assert!(
+            deltas.len() >= 3,
+            "live text reaches replica B's viewer: {} deltas",
+            deltas.len()
+        );
+        for d in &deltas {
+            let so_far = d["data"]["textSoFar"].as_str().unwrap();
+            let segment = d["data"]["segmentId"].as_str().unwrap();
+            if let Some(m) = stored.iter().find(|m| m["id"] == segment) {
+                assert!(
+                    m["content"].as_str().unwrap().starts_with(so_far),
+                    "segment {segment}: {so_far:?} is not the start of {}",
+                    m["content"]
+                );
+            }
+        }
         // The second replica serves the same data.
         assert_eq!(
             api_b.get(&format!("/api/tasks/{id}")).await["status"],

@@ -250,6 +250,20 @@ pub enum Change {
         /// The command (boxed: it is much larger than the other changes).
         command: Box<crate::protocol::NodeCommand>,
     },
+    /// Text an agent is streaming right now, relayed from the replica its node talks to so
+    /// viewers of every replica see it grow. Ephemeral: never stored, dropped under load.
+    LiveText {
+        /// The replica that received it from the node (it ignores its own copy).
+        replica: uuid::Uuid,
+        /// The workspace streaming.
+        workspace_id: WorkspaceId,
+        /// The session.
+        session_id: SessionId,
+        /// The message the text will be stored as.
+        segment_id: crate::ids::MessageId,
+        /// The text added.
+        text: String,
+    },
 }
 
 /// Projects, chat sessions and their messages, and the change feed.

@@ -1,17 +1,34 @@
 //! Live text that agents are streaming right now (`message.delta`), held per session in
 //! memory so a viewer who connects late gets the text so far. Deltas are ephemeral: the
 //! stored message follows through the node's outbox and replaces them.
+//!
+//! With several replicas (PostgreSQL), a node talks to one of them, so [`spawn_relay`] also
+//! publishes each delta on the store's change feed ([`Change::LiveText`]) and feeds the
+//! deltas of other replicas into this one's hub: viewers of every replica see the text grow.
+//! The relay never slows the node: deltas wait in a bounded queue and are dropped when it is
+//! full (the stored message still arrives).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 
+use futures::StreamExt;
 use kiln_core::protocol::MessageDelta;
-use kiln_core::{MessageId, ProjectId, SessionId, StoredMessage, UserId};
+use kiln_core::{
+    Change, MessageId, MessagePage, ProjectId, SessionId, Store, StoreError, StoreEvent,
+    StoredMessage, UserId,
+};
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// The longest text kept per streaming segment; older text is cut from the front.
 const MAX_SEGMENT_BYTES: usize = 256 * 1024;
+/// Segments remembered as stored, so a late delta does not bring one back.
+const STORED_SEGMENTS_KEPT: usize = 4096;
+/// Deltas waiting to be published to the other replicas; more are dropped.
+const RELAY_QUEUE: usize = 1024;
+/// The most text one relayed event carries (PostgreSQL's NOTIFY payload is under 8000
+/// bytes); a longer delta travels in pieces.
+const RELAY_PIECE_BYTES: usize = 3000;
 
 /// A streaming segment as viewers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -34,6 +51,9 @@ pub struct LiveDelta {
 
 #[derive(Debug, Default)]
 struct Segments {
+    /// Segments whose message is stored, newest last (bounded).
+    stored: VecDeque<MessageId>,
+    stored_set: HashSet<MessageId>,
     /// (session, segment) → (project, owner, text so far), in arrival order per session.
     by_session: HashMap<SessionId, Vec<(MessageId, ProjectId, UserId, String)>>,
     /// segment → session, to clear a segment when its message is stored.
@@ -58,6 +78,10 @@ pub struct LiveHub {
     segments: Mutex<Segments>,
     tx: broadcast::Sender<LiveDelta>,
     stored: broadcast::Sender<StoredBatch>,
+    /// This replica, in relayed deltas.
+    replica: uuid::Uuid,
+    /// Deltas to publish to the other replicas (set by [`spawn_relay`]).
+    relay: OnceLock<mpsc::Sender<StoreEvent>>,
 }
 
 impl Default for LiveHub {
@@ -66,6 +90,8 @@ impl Default for LiveHub {
             segments: Mutex::default(),
             tx: broadcast::channel(4096).0,
             stored: broadcast::channel(4096).0,
+            replica: uuid::Uuid::new_v4(),
+            relay: OnceLock::new(),
         }
     }
 }
@@ -77,10 +103,47 @@ impl LiveHub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds a delta of a session of `project` owned by `owner`, and tells viewers.
+    /// Adds a delta a node sent this replica: tells this replica's viewers and, when
+    /// relaying, the other replicas'.
+    pub fn receive(&self, project: ProjectId, owner: UserId, delta: &MessageDelta) {
+        self.push(project, owner, delta);
+        let Some(relay) = self.relay.get() else {
+            return;
+        };
+        let mut rest = delta.text.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(RELAY_PIECE_BYTES);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let (piece, tail) = rest.split_at(cut);
+            rest = tail;
+            let event = StoreEvent {
+                owner,
+                project_id: Some(project),
+                change: Change::LiveText {
+                    replica: self.replica,
+                    workspace_id: delta.workspace_id,
+                    session_id: delta.session_id,
+                    segment_id: delta.segment_id,
+                    text: piece.to_owned(),
+                },
+            };
+            if relay.try_send(event).is_err() {
+                tracing::debug!(segment = %delta.segment_id, "relay queue full; delta not relayed");
+                return;
+            }
+        }
+    }
+
+    /// Adds a delta of a session of `project` owned by `owner`, and tells viewers. A delta
+    /// of a segment already stored is dropped (it arrived late).
     pub fn push(&self, project: ProjectId, owner: UserId, delta: &MessageDelta) {
         let text_so_far = {
             let mut s = self.lock();
+            if s.stored_set.contains(&delta.segment_id) {
+                return;
+            }
             s.sessions
                 .entry(delta.segment_id)
                 .or_insert(delta.session_id);
@@ -112,10 +175,19 @@ impl LiveHub {
         });
     }
 
-    /// Forgets segments whose messages are now stored.
+    /// Forgets segments whose messages are now stored (and keeps their ids for a while, so
+    /// late deltas of theirs are dropped).
     pub fn clear_segments(&self, ids: impl IntoIterator<Item = MessageId>) {
         let mut s = self.lock();
         for id in ids {
+            if s.stored_set.insert(id) {
+                s.stored.push_back(id);
+                if s.stored.len() > STORED_SEGMENTS_KEPT
+                    && let Some(old) = s.stored.pop_front()
+                {
+                    s.stored_set.remove(&old);
+                }
+            }
             if let Some(session) = s.sessions.remove(&id)
                 && let Some(list) = s.by_session.get_mut(&session)
             {
@@ -185,6 +257,75 @@ impl LiveHub {
     pub fn subscribe(&self) -> broadcast::Receiver<LiveDelta> {
         self.tx.subscribe()
     }
+
+    /// Whether any segment of `session` is streaming here.
+    fn streaming(&self, session: SessionId) -> bool {
+        self.lock().by_session.contains_key(&session)
+    }
+}
+
+/// Relays deltas between replicas through `store`'s change feed: publishes what
+/// [`LiveHub::receive`] queues, feeds other replicas' deltas into `hub`, and clears a
+/// relayed segment when its message is stored (through any replica). Subscribes before
+/// returning. For a store shared by several replicas; a single server does not need it.
+///
+/// # Errors
+/// The change feed cannot be subscribed to.
+pub async fn spawn_relay(store: Arc<dyn Store>, hub: Arc<LiveHub>) -> Result<(), StoreError> {
+    let mut feed = store.subscribe().await?;
+    let (tx, mut rx) = mpsc::channel::<StoreEvent>(RELAY_QUEUE);
+    if hub.relay.set(tx).is_err() {
+        return Ok(());
+    }
+    let publisher = store.clone();
+    tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if let Err(e) = publisher.publish(&event).await {
+                tracing::debug!(error = %e, "a live delta was not relayed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(event) = feed.next().await {
+            match event.change {
+                Change::LiveText {
+                    replica,
+                    workspace_id,
+                    session_id,
+                    segment_id,
+                    text,
+                } if replica != hub.replica => {
+                    if let Some(project) = event.project_id {
+                        let delta = MessageDelta {
+                            workspace_id,
+                            session_id,
+                            segment_id,
+                            text,
+                        };
+                        hub.push(project, event.owner, &delta);
+                    }
+                }
+                Change::MessagesStored {
+                    session_id,
+                    first,
+                    last,
+                } if hub.streaming(session_id) => {
+                    // Stored through another replica (or this one): its segments end here.
+                    let limit = u32::try_from(last - first + 1).unwrap_or(u32::MAX);
+                    let page = MessagePage::After {
+                        cursor: first - 1,
+                        limit,
+                    };
+                    match store.list_messages(session_id, page).await {
+                        Ok(stored) => hub.clear_segments(stored.iter().map(|m| m.message.id)),
+                        Err(e) => tracing::debug!(error = %e, "could not read stored messages"),
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -222,5 +363,18 @@ mod tests {
         assert!(hub.snapshot(ProjectId::new()).is_empty());
         hub.clear_segments([segment]);
         assert!(hub.snapshot(project).is_empty());
+        // A delta arriving after its message (relayed late) does not bring it back.
+        hub.push(
+            project,
+            owner,
+            &MessageDelta {
+                workspace_id: WorkspaceId::new(),
+                session_id: session,
+                segment_id: segment,
+                text: "late".into(),
+            },
+        );
+        assert!(hub.snapshot(project).is_empty());
+        assert!(rx.try_recv().is_err(), "no frame for a late delta");
     }
 }

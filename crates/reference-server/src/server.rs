@@ -205,12 +205,17 @@ pub async fn assemble(
         config.callback_token_ttl,
     );
     let runner = TaskRunner::new(pool.clone(), Arc::new(controller));
+    let live = Arc::new(LiveHub::default());
+    if config.is_postgres() {
+        // Replicas share the database: live text reaches the viewers of every replica.
+        crate::live::spawn_relay(store.clone(), live.clone()).await?;
+    }
     let state = AppState {
         store,
         clock,
         signer,
         commands,
-        live: Arc::new(LiveHub::default()),
+        live,
         driver: Arc::new(PoolDriver::new(runner.clone())),
         settings: Arc::new(Settings {
             public_url: public_url.to_owned(),

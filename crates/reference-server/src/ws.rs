@@ -251,6 +251,8 @@ impl Viewer {
             }
             // Carries a callback token: for the replicas, never for viewers.
             Change::NodeCommand { .. } => {}
+            // Reaches viewers through the live hub (`message.delta`), not as a change.
+            Change::LiveText { .. } => {}
         }
         Ok(frames)
     }

@@ -227,7 +227,7 @@ pub(crate) async fn deltas(
             && w.session_id == Some(delta.session_id)
             && let Some(project) = w.project_id
         {
-            state.live.push(project, w.owner, delta);
+            state.live.receive(project, w.owner, delta);
         }
     }
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({}))))
