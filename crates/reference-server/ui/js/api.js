@@ -50,6 +50,10 @@ export const api = {
   project: (id) => request('GET', `/api/projects/${enc(id)}`),
   createProject: (body) => request('POST', '/api/projects', body),
   updateProject: (id, body) => request('PATCH', `/api/projects/${enc(id)}`, body),
+  /** `{set, hint, setAt}`: the token itself is never answered. */
+  gitToken: (id) => request('GET', `/api/projects/${enc(id)}/git-token`),
+  setGitToken: (id, token) => request('PUT', `/api/projects/${enc(id)}/git-token`, { token }),
+  deleteGitToken: (id) => request('DELETE', `/api/projects/${enc(id)}/git-token`),
 
   tasks: (projectId) => request('GET', `/api/projects/${enc(projectId)}/tasks`),
   createTask: (projectId, body) => request('POST', `/api/projects/${enc(projectId)}/tasks`, body),

@@ -1,4 +1,5 @@
-// The projects list and the create/edit form (name, repository, default VM size).
+// The projects list and the create/edit form (name, repository, default VM size, git token
+// for a private repository: write-only, the page only ever shows its hint).
 
 import { api } from './api.js';
 import { h, icon, navigate } from './dom.js';
@@ -26,6 +27,29 @@ export async function projectsPage() {
 /** The create form (`project` undefined) or the edit form. */
 export async function projectForm(projectId) {
   const project = projectId ? await api.project(projectId) : undefined;
+  const tokenStatus = project ? await api.gitToken(project.id) : { set: false };
+  const gitToken = h('input', {
+    class: 'input', name: 'gitToken', type: 'password', autocomplete: 'off', spellcheck: false, 'aria-label': 'Git token',
+    placeholder: tokenStatus.set ? 'Leave empty to keep the current token' : 'Only for a private https:// repository',
+  });
+  const removeToken = h('button', {
+    type: 'button', class: 'btn tiny', dataset: { action: 'remove-git-token' },
+    on: {
+      click: async () => {
+        try {
+          await api.deleteGitToken(project.id);
+          tokenState.replaceChildren('Not set');
+          removeToken.hidden = true;
+        } catch (err) {
+          error.textContent = err.message;
+          error.hidden = false;
+        }
+      },
+    },
+  }, 'Remove');
+  removeToken.hidden = !tokenStatus.set;
+  const tokenState = h('span', { class: 'git-token-state', dataset: { set: String(tokenStatus.set) } },
+    tokenStatus.set ? ['Set (', h('code', { text: tokenStatus.hint || '…' }), ') ', timeAgo(tokenStatus.setAt)] : 'Not set');
   const name = h('input', { class: 'input', name: 'name', required: true, maxLength: 200, value: project?.name || '', placeholder: 'My service' });
   const repo = h('input', { class: 'input', name: 'repositoryUrl', required: true, value: project?.repositoryUrl || '', placeholder: 'https://github.com/me/my-service.git' });
   const size = (value, label, hint) => h('label', { class: 'size-option' },
@@ -44,6 +68,10 @@ export async function projectForm(projectId) {
         };
         try {
           const saved = project ? await api.updateProject(project.id, body) : await api.createProject(body);
+          if (gitToken.value.trim()) {
+            await api.setGitToken(saved.id, gitToken.value.trim());
+            gitToken.value = '';
+          }
           navigate(`#/p/${saved.id}`);
         } catch (err) {
           error.textContent = err.message;
@@ -56,6 +84,10 @@ export async function projectForm(projectId) {
   h('label', { class: 'field' }, h('span', { text: 'Repository' }), repo),
   h('fieldset', { class: 'field sizes' }, h('legend', { text: 'Default VM size' }),
     size('small', 'Small', '2 vCPU'), size('medium', 'Medium', '4 vCPU'), size('large', 'Large', '8+ vCPU')),
+  h('div', { class: 'field' },
+    h('span', {}, 'Git token ', h('small', { class: 'git-token-status' }, tokenState, ' ', removeToken)),
+    gitToken,
+    h('small', { class: 'field-hint', text: 'Used by nodes to clone and push a private repository; stored encrypted, never shown again.' })),
   error,
   h('div', { class: 'form-actions' },
     h('a', { class: 'btn ghost', href: project ? `#/p/${project.id}` : '#/', text: 'Cancel' }),
