@@ -64,7 +64,7 @@ async fn a_queued_task_left_by_a_stopped_process_acquires_its_node_on_resume() {
         resumed,
         Resumed {
             queued: 1,
-            delegated: 0
+            ..Resumed::default()
         }
     );
     eventually("the resumed task is delegated", || async {
@@ -122,8 +122,8 @@ async fn a_delegated_task_gets_its_workspace_command_again_after_a_restart() {
     assert_eq!(
         resumed,
         Resumed {
-            queued: 0,
-            delegated: 1
+            delegated: 1,
+            ..Resumed::default()
         }
     );
     let requests = workspaces.created();
@@ -147,4 +147,72 @@ async fn a_delegated_task_gets_its_workspace_command_again_after_a_restart() {
     let (again, workspaces) = restarted(&h);
     assert_eq!(again.resume().await.unwrap(), Resumed::default());
     assert!(workspaces.created().is_empty());
+}
+
+#[tokio::test]
+async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let queued = h
+        .runner
+        .run_now(NewTask {
+            project_id: h.project.id,
+            title: "Completed, then the server stopped".into(),
+            description: "the destroy command died with the server".into(),
+            priority: 0,
+            vm_size_override: None,
+            agent_hint: None,
+        })
+        .await
+        .unwrap();
+    eventually("the task is delegated", || async {
+        task(&h, queued.id).await.status == TaskStatus::Delegated
+    })
+    .await;
+    let t = task(&h, queued.id).await;
+    let workspace = t.workspace_id.unwrap();
+    // The node reports completion; the old process asks for the destroy and stops before
+    // the node hears it (its controller only records the request).
+    h.nodes
+        .set_destroy_progress(kiln_pool::DestroyProgress::Requested);
+    h.runner.agent_started(workspace, None).await.unwrap();
+    h.runner
+        .completed(workspace, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.store
+            .get_workspace(workspace)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        WorkspaceStatus::Destroying
+    );
+
+    let (runner, workspaces) = restarted(&h);
+    let resumed = runner.resume().await.unwrap();
+    assert_eq!(
+        resumed,
+        Resumed {
+            destroying: 1,
+            ..Resumed::default()
+        }
+    );
+    assert_eq!(workspaces.destroyed(), vec![workspace]);
+    // The fake node removes it at once: the workspace is destroyed and the node warm again.
+    assert_eq!(
+        h.store
+            .get_workspace(workspace)
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        WorkspaceStatus::Destroyed
+    );
+    let node = t.node_id.unwrap();
+    eventually("the node is released warm", || async {
+        h.node_state(node).await == kiln_core::NodeState::Warm
+    })
+    .await;
 }

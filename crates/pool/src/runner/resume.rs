@@ -12,14 +12,16 @@
 //! - a `delegated` task whose workspace is still `creating` gets its create-workspace command
 //!   again (commands wait in server memory and are lost with it). The agent host applies a
 //!   workspace's create command once, so a copy that did arrive before the stop is harmless.
+//! - a workspace left `destroying` gets its destroy command again, so its node is released
+//!   once the node reports it gone (instead of waiting for the node's maximum lifetime).
 //!
 //! Whatever cannot be resumed is left to the transient-state limits of
 //! [`tick`](TaskRunner::tick), which fail the task with a reason.
 
-use kiln_core::TaskStatus;
-use kiln_core::WorkspaceStatus;
+use kiln_core::{NodeState, TaskStatus, WorkspaceQuery, WorkspaceStatus};
 
 use super::TaskRunner;
+use crate::controller::DestroyProgress;
 use crate::error::Error;
 
 /// What [`TaskRunner::resume`] picked up.
@@ -29,6 +31,8 @@ pub struct Resumed {
     pub queued: usize,
     /// `delegated` tasks whose create-workspace command was sent again.
     pub delegated: usize,
+    /// Workspaces left `destroying` whose destroy command was sent again.
+    pub destroying: usize,
 }
 
 impl TaskRunner {
@@ -63,10 +67,44 @@ impl TaskRunner {
                 _ => {}
             }
         }
+        let destroying = self
+            .store()
+            .list_workspaces(&WorkspaceQuery {
+                statuses: vec![WorkspaceStatus::Destroying],
+                ..WorkspaceQuery::default()
+            })
+            .await?;
+        for workspace in destroying {
+            // A node that is gone takes its workspaces with it; only live nodes are asked.
+            let live = self
+                .store()
+                .get_node(workspace.node_id)
+                .await?
+                .is_some_and(|n| matches!(n.state, NodeState::Active | NodeState::Warm));
+            if !live {
+                continue;
+            }
+            match self
+                .inner
+                .workspaces
+                .destroy_workspace(workspace.node_id, workspace.id)
+                .await
+            {
+                Ok(DestroyProgress::Destroyed) => {
+                    self.workspace_destroyed(workspace.id).await?;
+                    resumed.destroying += 1;
+                }
+                Ok(DestroyProgress::Requested) => resumed.destroying += 1,
+                Err(e) => {
+                    tracing::warn!(workspace = %workspace.id, error = %e, "could not resend a workspace's destroy command");
+                }
+            }
+        }
         if resumed != Resumed::default() {
             tracing::info!(
                 queued = resumed.queued,
                 delegated = resumed.delegated,
+                destroying = resumed.destroying,
                 "resumed the runs a previous process left"
             );
         }
