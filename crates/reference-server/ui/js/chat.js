@@ -144,11 +144,11 @@ export class ChatView {
 
   /** The reply box of a chat without a task: each message goes to the chat's running agent. */
   replyForm() {
-    const text = h('textarea', { class: 'composer-text', rows: 1, name: 'reply', placeholder: 'Message the agent…', 'aria-label': 'Message to the agent' });
+    const text = h('textarea', { class: 'reply-text', rows: 1, name: 'reply', placeholder: 'Message the agent…', 'aria-label': 'Message to the agent' });
     const error = h('div', { class: 'form-error', role: 'alert', hidden: true });
     const send = h('button', { type: 'submit', class: 'btn primary', dataset: { action: 'send-chat' } }, icon('play'), h('span', { text: 'Send' }));
     const form = h('form', {
-      class: 'composer chat-reply', hidden: true,
+      class: 'chat-reply', hidden: true,
       on: {
         submit: async (e) => {
           e.preventDefault();
