@@ -11,7 +11,8 @@
 //! 2. **creates workspaces**: a directory per workspace under `KILN_NODE_DATA_DIR`, a `git
 //!    clone` of the project's repository (a local path or any URL git accepts) on branch
 //!    `task/<id>`, or `task/<id>-2`, `-3`… when that branch exists locally or at the remote
-//!    ([`workspace`]);
+//!    ([`workspace`]); a private repository's token reaches git only through `kiln-node`'s
+//!    own credential helper, for the clone and the push ([`credentials`]);
 //! 3. **hosts an ACP agent** per workspace ([`acp`]): the configured command runs as a
 //!    child process speaking JSON-RPC on stdio (the [`agent_client_protocol`] crate); the
 //!    host initializes it, opens a session whose `cwd` is the checkout (its `_meta` carries
@@ -25,12 +26,13 @@
 //!    [`MessageId::for_task_prompt`](kiln_core::MessageId::for_task_prompt)), written to the
 //!    node's SQLite outbox ([`outbox`]) before the next update is handled; streaming text
 //!    also goes out as best-effort deltas (`POST …/deltas`) under the id its message will
-//!    have;
+//!    have; known secrets the agent echoes are redacted in both ([`redact`]);
 //! 5. **finishes**: a task whose turn ends with `end_turn` is committed (`git add -A`,
 //!    author *Kiln Agent*, hooks off) and pushed to `origin`, then reported `completed`
 //!    with the branch, the last assistant message as summary and any pull-request URL the
-//!    agent mentioned; a failed push still completes, with a warning, and keeps the
-//!    workspace. An agent error, refusal or crash reports `failed` (whatever it said so far
+//!    agent mentioned; a push the remote refuses for authentication fails the task (`git
+//!    push refused: authentication failed for <url>`), any other failed push still
+//!    completes, with a warning, and keeps the workspace. An agent error, refusal or crash reports `failed` (whatever it said so far
 //!    is delivered); a cancel sends ACP `session/cancel` and reports `cancelled`. A chat
 //!    without a task keeps its agent session open between prompts.
 //!
