@@ -136,7 +136,10 @@
 //! Above `MSG_OUTBOX_MAX_SIZE` pending rows, the oldest rows are dropped in the same
 //! transaction as the insert that overflowed, and each affected session gets a system
 //! message "N messages were dropped because the outbox was full." queued like any other
-//! message (a notice that is itself evicted passes its count on to the next one). Messages
+//! message (a notice that is itself evicted passes its count on to the next one). Rows in
+//! flight (handed to a sink and not yet settled) are never evicted: the oldest rows not in
+//! flight go instead, so a message is never both delivered and counted dropped (if the
+//! rows in flight alone exceed the bound, it is exceeded until they are settled). Messages
 //! dropped for any reason are counted ([`OutboxMetrics::dropped`]), logged, and kept in a
 //! `dead` table for inspection ([`Outbox::dead_letters`], the newest `MSG_DEAD_MAX_ROWS`).
 //! A row that cannot be decoded is moved there too instead of blocking the outbox.

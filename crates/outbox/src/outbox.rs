@@ -1,5 +1,6 @@
 //! [`Outbox`]: opening the file, durable enqueue, and the reads the flusher needs.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,8 +22,8 @@ use crate::error::OutboxError;
 use crate::queue::{Committer, WriteQueue};
 use crate::schema;
 use crate::writer::{
-    Command, Counters, NewRow, Receipt, RouteKey, RowKey, Settle, SettleOutcome, Writer,
-    WriterLimits,
+    Command, Counters, InFlight, NewRow, Receipt, RouteKey, RowKey, Settle, SettleOutcome, Writer,
+    WriterLimits, WriterLinks,
 };
 
 /// Where a message goes: the workspace whose sink delivers it (a batch never mixes
@@ -113,6 +114,7 @@ pub(crate) struct Inner {
     writer: Option<JoinHandle<()>>,
     checkpointer: Arc<Checkpointer>,
     checkpoint_thread: Option<JoinHandle<()>>,
+    in_flight: Arc<InFlight>,
     reader: Mutex<Connection>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) notify: Arc<Notify>,
@@ -164,20 +166,24 @@ impl Outbox {
         let reader = schema::open_reader(&path)?;
         let checkpoint_conn = checkpoint::open_connection(&path, config.durability)?;
         let checkpointer = Arc::new(Checkpointer::default());
+        let in_flight = Arc::new(InFlight::default());
         let counters = Arc::new(Counters::default());
         let notify = Arc::new(Notify::new());
         let fail_commits = Arc::new(AtomicU32::new(0));
         let writer = Writer::new(
             conn,
-            counters.clone(),
-            notify.clone(),
-            clock.clone(),
             WriterLimits {
                 max_size: u64::try_from(config.max_size).unwrap_or(u64::MAX),
                 dead_max_rows: config.dead_max_rows,
             },
-            fail_commits.clone(),
-            checkpointer.clone(),
+            WriterLinks {
+                counters: counters.clone(),
+                notify: notify.clone(),
+                clock: clock.clone(),
+                fail_commits: fail_commits.clone(),
+                checkpointer: checkpointer.clone(),
+                in_flight: in_flight.clone(),
+            },
         )?;
         let queue = Arc::new(WriteQueue::new(
             writer,
@@ -205,6 +211,7 @@ impl Outbox {
                 writer: Some(writer),
                 checkpointer,
                 checkpoint_thread: Some(checkpoint_thread),
+                in_flight,
                 reader: Mutex::new(reader),
                 counters,
                 notify,
@@ -438,6 +445,39 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Registers `loaded` as in flight (overflow eviction then skips these rows) and keeps
+    /// only the rows that still exist: an eviction that committed just before the
+    /// registration may have taken some (see [`InFlight`]). The claim lasts until the
+    /// returned guard is dropped, after the rows are settled.
+    pub(crate) fn claim(&self, loaded: Vec<Loaded>) -> Result<(Vec<Loaded>, Claim), OutboxError> {
+        let positions: Vec<i64> = loaded.iter().map(|l| l.key().pos).collect();
+        self.inner
+            .in_flight
+            .lock()
+            .extend(positions.iter().copied());
+        let claim = Claim {
+            in_flight: self.inner.in_flight.clone(),
+            positions,
+        };
+        let (Some(first), Some(last)) =
+            (claim.positions.iter().min(), claim.positions.iter().max())
+        else {
+            return Ok((loaded, claim));
+        };
+        let present: HashSet<i64> = {
+            let conn = self.reader();
+            let mut stmt =
+                conn.prepare_cached("SELECT pos FROM message_outbox WHERE pos BETWEEN ?1 AND ?2")?;
+            let rows = stmt.query_map([first, last], |r| r.get(0))?;
+            rows.collect::<Result<_, _>>()?
+        };
+        let kept = loaded
+            .into_iter()
+            .filter(|l| present.contains(&l.key().pos))
+            .collect();
+        Ok((kept, claim))
+    }
+
     /// Test hook: the next `n` group commits fail.
     #[cfg(test)]
     pub(crate) fn fail_next_commits(&self, n: u32) {
@@ -461,6 +501,31 @@ pub(crate) struct OutboxRow {
 pub(crate) enum Loaded {
     Row(OutboxRow),
     Corrupt { key: RowKey, error: String },
+}
+
+impl Loaded {
+    fn key(&self) -> &RowKey {
+        match self {
+            Self::Row(r) => &r.key,
+            Self::Corrupt { key, .. } => key,
+        }
+    }
+}
+
+/// Rows the flusher has in flight; released when dropped.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    in_flight: Arc<InFlight>,
+    positions: Vec<i64>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut set = self.in_flight.lock();
+        for pos in &self.positions {
+            set.remove(pos);
+        }
+    }
 }
 
 fn decode_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Loaded> {

@@ -4,8 +4,8 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use kiln_core::{LifecycleClock, MessageId, Role};
@@ -145,6 +145,23 @@ impl Command {
     }
 }
 
+/// Rows the flusher has handed to a sink and not yet settled. Overflow eviction never takes
+/// one: a row the receiver may already have must not also be counted dropped and announced
+/// in a drop notice.
+///
+/// The writer holds the lock from choosing its victims until its commit is done, and the
+/// flusher registers a batch under the same lock and then re-reads which of its rows still
+/// exist. So either the eviction saw the registration and skipped those rows, or it
+/// committed before the registration and the re-read no longer finds them.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight(Mutex<HashSet<i64>>);
+
+impl InFlight {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, HashSet<i64>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// Counters shared by the writer (which updates them after each commit) and the metrics.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -232,6 +249,7 @@ pub(crate) struct Writer {
     /// Test hook: the next N commits fail as if SQLite had refused them.
     fail_commits: Arc<AtomicU32>,
     checkpointer: Arc<Checkpointer>,
+    in_flight: Arc<InFlight>,
 }
 
 /// What one command produced, answered once its group has committed.
@@ -248,16 +266,30 @@ enum GroupError {
     Commit(OutboxError),
 }
 
+/// What the writer shares with the rest of the outbox.
+pub(crate) struct WriterLinks {
+    pub counters: Arc<Counters>,
+    pub notify: Arc<Notify>,
+    pub clock: Arc<dyn LifecycleClock>,
+    pub fail_commits: Arc<AtomicU32>,
+    pub checkpointer: Arc<Checkpointer>,
+    pub in_flight: Arc<InFlight>,
+}
+
 impl Writer {
     pub(crate) fn new(
         conn: Connection,
-        counters: Arc<Counters>,
-        notify: Arc<Notify>,
-        clock: Arc<dyn LifecycleClock>,
         limits: WriterLimits,
-        fail_commits: Arc<AtomicU32>,
-        checkpointer: Arc<Checkpointer>,
+        links: WriterLinks,
     ) -> Result<Self, OutboxError> {
+        let WriterLinks {
+            counters,
+            notify,
+            clock,
+            fail_commits,
+            checkpointer,
+            in_flight,
+        } = links;
         let pending: i64 =
             conn.query_row("SELECT COUNT(*) FROM message_outbox", [], |r| r.get(0))?;
         counters
@@ -274,6 +306,7 @@ impl Writer {
             last_commit: Duration::ZERO,
             fail_commits,
             checkpointer,
+            in_flight,
         })
     }
 
@@ -358,18 +391,24 @@ impl Writer {
                 }
             }
         }
+        // Held until the commit is done (see `InFlight`).
+        let in_flight = Arc::clone(&self.in_flight);
+        let claimed = in_flight.lock();
         let committed = self
-            .evict_overflow(&mut total)
+            .evict_overflow(&mut total, &claimed)
             .and_then(|()| self.trim_dead(&total))
             .and_then(|()| self.store_sessions(&total))
             .and_then(|()| self.commit());
+        let committed = committed.inspect_err(|_| {
+            let _ = self.exec("ROLLBACK");
+        });
+        drop(claimed);
         match committed {
             Ok(()) => {
                 self.publish(total);
                 Ok(results)
             }
             Err(e) => {
-                let _ = self.exec("ROLLBACK");
                 tracing::error!(error = %e, "outbox group commit failed; every waiter is told");
                 Err(GroupError::Commit(OutboxError::Storage(format!(
                     "commit failed: {e}"
@@ -693,15 +732,20 @@ impl Writer {
     /// Above the bound, moves the oldest rows to `dead` and queues one notice per affected
     /// session saying how many messages it lost (a notice evicted in turn passes its count on
     /// to the next one, so the notices a viewer finally sees add up to every lost message).
-    fn evict_overflow(&mut self, total: &mut Delta) -> Result<(), OutboxError> {
+    fn evict_overflow(
+        &mut self,
+        total: &mut Delta,
+        in_flight: &HashSet<i64>,
+    ) -> Result<(), OutboxError> {
         let committed = i64::try_from(self.counters.pending.load(Ordering::Relaxed)).unwrap_or(0);
         let count = committed + total.pending;
         let max = i64::try_from(self.limits.max_size).unwrap_or(i64::MAX);
         if count <= max {
             return Ok(());
         }
-        // Take the oldest rows until what remains plus one new notice per affected session
-        // fits the bound.
+        // Take the oldest rows not in flight until what remains plus one new notice per
+        // affected session fits the bound (if the rows in flight alone exceed it, the bound
+        // is exceeded until they are settled).
         let mut victims: Vec<(RowKey, String)> = Vec::new();
         let mut per_session: HashMap<String, i64> = HashMap::new();
         {
@@ -719,6 +763,9 @@ impl Writer {
                     pos: r.get(0)?,
                     id: r.get(1)?,
                 };
+                if in_flight.contains(&key.pos) {
+                    continue;
+                }
                 let session: String = r.get(2)?;
                 let kind: String = r.get(3)?;
                 let carried: i64 = r.get(4)?;

@@ -343,11 +343,13 @@ impl Flusher {
             let Some(route) = route else { return Ok(None) };
             let limit = caps.get(&route).map_or(max_rows, |c| (*c).min(max_rows));
             let rows = outbox.load_batch(&route, limit, max_bytes)?;
-            Ok(Some((route, rows)))
+            let (rows, claim) = outbox.claim(rows)?;
+            Ok(Some((route, rows, claim)))
         })
         .await
         .map_err(|e| OutboxError::Storage(format!("batch read task failed: {e}")))??;
-        let Some((workspace, loaded)) = plan else {
+        // `_claim` keeps the rows out of overflow eviction until this step has settled them.
+        let Some((workspace, loaded, _claim)) = plan else {
             return Ok(Step::Idle { next_due });
         };
         let mut rows = Vec::with_capacity(loaded.len());

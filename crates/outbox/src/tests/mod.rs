@@ -2,6 +2,7 @@
 
 mod group_commit;
 mod model;
+mod overflow;
 mod recovery;
 
 use kiln_core::{ChatMessage, LifecycleClock, ManualClock, MessageId, Role, SessionId};
