@@ -157,6 +157,8 @@ pub use error::Error;
 pub use pool::{
     AcquireSource, Acquired, NodeBootstrapper, ReleaseOutcome, StaticBootstrap, WarmPool,
 };
-pub use runner::{NewChat, NewTask, PROVISIONING_DETAIL, Resumed, TaskRunner, chat_claim};
+pub use runner::{
+    NewChat, NewTask, PROVISIONING_DETAIL, Reconciled, Resumed, TaskRunner, chat_claim,
+};
 pub use settings::{PrewarmTarget, Settings, SettingsError, parse_prewarm};
 pub use sweep::{ActionResult, NodeAction, Phase, SweepReport};

@@ -216,3 +216,82 @@ async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
     })
     .await;
 }
+
+/// A task run to `delegated` on the harness's runner, with its workspace.
+async fn delegated_task(h: &Harness, title: &str) -> (Task, kiln_core::WorkspaceId) {
+    let queued = h
+        .runner
+        .run_now(NewTask {
+            project_id: h.project.id,
+            title: title.into(),
+            description: format!("{title}: do it"),
+            priority: 0,
+            vm_size_override: None,
+            agent_hint: None,
+        })
+        .await
+        .unwrap();
+    eventually("the task is delegated", || async {
+        task(h, queued.id).await.status == TaskStatus::Delegated
+    })
+    .await;
+    let t = task(h, queued.id).await;
+    let ws = t.workspace_id.unwrap();
+    (t, ws)
+}
+
+#[tokio::test]
+async fn a_hello_without_a_running_workspace_fails_its_task_and_settles_destroys() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+
+    // Still being created: the node may not have heard of it yet; left alone.
+    let (creating, creating_ws) = delegated_task(&h, "Creating").await;
+    let node = creating.node_id.unwrap();
+    let none = h.runner.reconcile_node(node, &[]).await.unwrap();
+    assert_eq!(none, kiln_pool::Reconciled::default());
+    assert_eq!(task(&h, creating.id).await.status, TaskStatus::Delegated);
+
+    // Running, and listed by the node: nothing to do.
+    h.runner.agent_started(creating_ws, None).await.unwrap();
+    let none = h.runner.reconcile_node(node, &[creating_ws]).await.unwrap();
+    assert_eq!(none, kiln_pool::Reconciled::default());
+    assert_eq!(task(&h, creating.id).await.status, TaskStatus::InProgress);
+
+    // Running in the store, but the node came back without it: the task fails, clearly.
+    let done = h.runner.reconcile_node(node, &[]).await.unwrap();
+    assert_eq!(done.failed_tasks, vec![creating.id]);
+    let failed = task(&h, creating.id).await;
+    assert_eq!(failed.status, TaskStatus::Failed);
+    assert!(
+        failed
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("no longer has workspace"),
+        "{:?}",
+        failed.error_message
+    );
+
+    // A workspace being destroyed that the node no longer has is destroyed; its node is
+    // released once empty.
+    let (t, ws) = delegated_task(&h, "Destroy lost").await;
+    h.nodes
+        .set_destroy_progress(kiln_pool::DestroyProgress::Requested);
+    h.runner.agent_started(ws, None).await.unwrap();
+    h.runner.completed(ws, None, None, None).await.unwrap();
+    assert_eq!(
+        h.store.get_workspace(ws).await.unwrap().unwrap().status,
+        WorkspaceStatus::Destroying
+    );
+    let done = h
+        .runner
+        .reconcile_node(t.node_id.unwrap(), &[])
+        .await
+        .unwrap();
+    assert_eq!(done.destroyed, vec![ws]);
+    assert_eq!(
+        h.store.get_workspace(ws).await.unwrap().unwrap().status,
+        WorkspaceStatus::Destroyed
+    );
+}

@@ -34,6 +34,12 @@ pub trait TaskDriver: Send + Sync + fmt::Debug + 'static {
     async fn close_chat(&self, session: SessionId) -> Result<ChatSession, ApiError>;
     /// A node's agent host said hello (it is ready).
     async fn node_ready(&self, node: NodeId) -> Result<(), ApiError>;
+    /// A node listed the workspaces it has (in its hello): settle the store against them.
+    async fn node_workspaces(
+        &self,
+        node: NodeId,
+        workspaces: &[kiln_core::WorkspaceId],
+    ) -> Result<(), ApiError>;
     /// A node reported what happened to one of its workspaces.
     async fn workspace_event(&self, node: NodeId, event: &WorkspaceEvent) -> Result<(), ApiError>;
 }

@@ -601,9 +601,11 @@ impl TaskRunner {
 }
 
 mod chat;
+mod reconcile;
 mod reports;
 mod resume;
 mod tick;
 
 pub use chat::{NewChat, chat_claim};
+pub use reconcile::Reconciled;
 pub use resume::Resumed;

@@ -125,6 +125,10 @@ pub(crate) async fn hello(
     if node.state != NodeState::Warm {
         state.driver.node_ready(node.id).await?;
     }
+    let listed: Vec<_> = body.workspaces.iter().map(|w| w.workspace_id).collect();
+    if let Err(e) = state.driver.node_workspaces(node.id, &listed).await {
+        tracing::warn!(node = %node.id, error = %e, "could not reconcile the node's workspaces");
+    }
     state
         .announce(node.owner, None, Change::Node { node_id: node.id })
         .await;
