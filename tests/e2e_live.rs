@@ -480,13 +480,19 @@ async fn a_node_silent_past_the_heartbeat_timeout_is_lost_and_when_it_comes_back
     }
 }
 
-/// How many times a node's log says it registered.
-fn registrations(kiln: &Kiln, node: &str) -> usize {
+/// How many lines of a node's log contain `text`.
+fn node_log_lines(kiln: &Kiln, node: &str, text: &str) -> usize {
     let log: PathBuf = kiln.data_dir.join("nodes").join(node).join("node.log");
     std::fs::read_to_string(log)
         .unwrap_or_default()
-        .matches("registered with the control plane")
+        .lines()
+        .filter(|l| l.contains(text))
         .count()
+}
+
+/// How many times a node's log says it registered.
+fn registrations(kiln: &Kiln, node: &str) -> usize {
+    node_log_lines(kiln, node, "registered with the control plane")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,6 +519,36 @@ async fn a_running_task_carries_on_through_a_server_restart_and_every_message_is
     })
     .await;
     assert_eq!(registrations(&kiln, &node), 1);
+    // A chat on its own node, answered once before the restart.
+    let chat = api
+        .post(
+            &format!("/api/projects/{}/sessions", project["id"].as_str().unwrap()),
+            json!({"prompt": "Before the restart\nkiln-demo: messages 1"}),
+        )
+        .await;
+    let chat_id = chat["id"].as_str().unwrap().to_owned();
+    wait_messages(&api, &chat_id, |m| {
+        position(m, "assistant", "Before the restart").is_some()
+    })
+    .await;
+    let chat = api
+        .wait_for(&format!("/api/sessions/{chat_id}"), LIMIT, |s| {
+            s["status"] == "active"
+        })
+        .await;
+    let chat_ws = api
+        .get(&format!(
+            "/api/workspaces/{}",
+            chat["workspaceId"].as_str().unwrap()
+        ))
+        .await;
+    let chat_node = chat_ws["nodeId"].as_str().unwrap().to_owned();
+    assert_ne!(chat_node, node, "the chat has a node of its own");
+    let mid_turn = api.messages(&session).await;
+    assert!(
+        position(&mid_turn, "assistant", "(12/12)").is_none(),
+        "the restart falls in the middle of the task's turn"
+    );
 
     let down = Instant::now();
     kiln.restart().await;
@@ -529,6 +565,29 @@ async fn a_running_task_carries_on_through_a_server_restart_and_every_message_is
         registrations(&kiln, &node) >= 2,
         "the node said hello again after the restart"
     );
+    assert!(
+        node_log_lines(&kiln, &node, "reconnecting") + node_log_lines(&kiln, &node, "unreachable")
+            >= 1,
+        "the node noticed the outage and retried with backoff"
+    );
+    // The chat carries on too: a prompt after the restart reaches its agent.
+    api.post(
+        &format!("/api/sessions/{chat_id}/prompt"),
+        json!({"text": "After the restart"}),
+    )
+    .await;
+    let chat_messages = wait_messages(&api, &chat_id, |m| {
+        position(m, "assistant", "After the restart").is_some()
+    })
+    .await;
+    check_exactly_once_in_order(&chat_messages);
+    assert!(registrations(&kiln, &chat_node) >= 2);
+    api.post(&format!("/api/sessions/{chat_id}/close"), json!({}))
+        .await;
+    api.wait_for(&format!("/api/nodes/{chat_node}"), LIMIT, |n| {
+        n["state"] == "warm"
+    })
+    .await;
     let stored = wait_messages(&api, &session, |m| {
         position(m, "assistant", "(12/12)").is_some()
     })
