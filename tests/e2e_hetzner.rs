@@ -275,6 +275,16 @@ async fn a_hetzner_project_runs_on_a_server_booted_from_cloud_init_which_is_dele
             .contains("no Hetzner API token: set one in Settings")
     );
     assert_eq!(ann.ok("GET", &tasks_path, None).await, json!([]));
+    let sessions_path = format!("/api/projects/{pid}/sessions");
+    let (status, refused) = ann
+        .call("POST", &sessions_path, Some(json!({"prompt": "hi"})))
+        .await;
+    assert_eq!(
+        (status, refused["error"].as_str()),
+        (409, Some("no_provider_credentials")),
+        "a chat needs the token too: {refused}"
+    );
+    assert_eq!(ann.ok("GET", &sessions_path, None).await, json!([]));
 
     // An invalid token is refused by the Hetzner API when saved; nothing is stored.
     let token_path = "/api/account/hetzner-token";

@@ -134,6 +134,8 @@ pub(crate) async fn open(
     if let Some(prompt) = &body.prompt {
         check_prompt(prompt, "prompt")?;
     }
+    // Like Run Now: refused before anything is stored.
+    crate::credentials::require_provider_credentials(state.store.as_ref(), &project).await?;
     let session = state
         .driver
         .open_chat(NewChat {
