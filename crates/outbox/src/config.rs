@@ -28,6 +28,18 @@ impl Durability {
     }
 }
 
+/// What an enqueue does when the outbox holds `MSG_OUTBOX_MAX_SIZE` rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Overflow {
+    /// Store it and drop the oldest rows not in flight; each affected session gets a notice
+    /// saying how many it lost. The default: producers are never blocked.
+    #[default]
+    DropOldest,
+    /// Refuse it: the enqueue fails with [`OutboxError::Full`] and nothing is dropped, which
+    /// gives the producer back-pressure.
+    Reject,
+}
+
 /// Every setting of the outbox, its flusher and the HTTP sink.
 ///
 /// | field | env var | default |
@@ -44,6 +56,8 @@ impl Durability {
 /// | `auth_retry_initial_interval` | `MSG_AUTH_RETRY_INITIAL_INTERVAL_MS` | 60,000 ms |
 /// | `auth_retry_max_interval` | `MSG_AUTH_RETRY_MAX_INTERVAL_MS` | 300,000 ms |
 /// | `durability` | `MSG_OUTBOX_DURABILITY` (`process` or `power-loss`) | `process` |
+/// | `overflow` | `MSG_OUTBOX_OVERFLOW` (`drop-oldest` or `reject`) | `drop-oldest` |
+/// | `quick_check_on_open` | `MSG_OUTBOX_QUICK_CHECK` (`true` or `false`) | `true` |
 /// | `group_commit_max_rows` | `MSG_GROUP_COMMIT_MAX_ROWS` | 512 rows |
 /// | `group_commit_max_wait` | `MSG_GROUP_COMMIT_MAX_WAIT_US` | 1,000 µs (0: never wait) |
 /// | `dead_max_rows` | `MSG_DEAD_MAX_ROWS` | 1,000 rows |
@@ -81,6 +95,12 @@ pub struct OutboxConfig {
     pub auth_retry_max_interval: Duration,
     /// What an acknowledged enqueue survives.
     pub durability: Durability,
+    /// What an enqueue does when the outbox is full.
+    pub overflow: Overflow,
+    /// Run `PRAGMA quick_check` on open; a corrupt file is renamed aside
+    /// (`<path>.corrupt-<time>`, with its `-wal`/`-shm`), logged at error level, and a fresh
+    /// outbox starts, instead of failing every start.
+    pub quick_check_on_open: bool,
     /// Most rows one group commit takes from the queue of waiting producers.
     pub group_commit_max_rows: usize,
     /// Longest a committer waits for the producers of the previous group to call again
@@ -110,6 +130,8 @@ impl Default for OutboxConfig {
             auth_retry_initial_interval: Duration::from_millis(60_000),
             auth_retry_max_interval: Duration::from_millis(300_000),
             durability: Durability::Process,
+            overflow: Overflow::DropOldest,
+            quick_check_on_open: true,
             group_commit_max_rows: 512,
             group_commit_max_wait: Duration::from_micros(1_000),
             dead_max_rows: 1_000,
@@ -188,6 +210,32 @@ impl OutboxConfig {
                         "MSG_OUTBOX_DURABILITY",
                         v,
                         "expected `process` or `power-loss`",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = vars.get("MSG_OUTBOX_OVERFLOW") {
+            c.overflow = match v.trim().to_ascii_lowercase().as_str() {
+                "drop-oldest" | "drop_oldest" => Overflow::DropOldest,
+                "reject" => Overflow::Reject,
+                _ => {
+                    return Err(invalid(
+                        "MSG_OUTBOX_OVERFLOW",
+                        v,
+                        "expected `drop-oldest` or `reject`",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = vars.get("MSG_OUTBOX_QUICK_CHECK") {
+            c.quick_check_on_open = match v.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" => false,
+                _ => {
+                    return Err(invalid(
+                        "MSG_OUTBOX_QUICK_CHECK",
+                        v,
+                        "expected `true` or `false`",
                     ));
                 }
             };
@@ -339,6 +387,8 @@ mod tests {
             ("MSG_AUTH_RETRY_INITIAL_INTERVAL_MS", "50"),
             ("MSG_AUTH_RETRY_MAX_INTERVAL_MS", "60"),
             ("MSG_OUTBOX_DURABILITY", "power-loss"),
+            ("MSG_OUTBOX_OVERFLOW", "reject"),
+            ("MSG_OUTBOX_QUICK_CHECK", "false"),
             ("MSG_GROUP_COMMIT_MAX_ROWS", "8"),
             ("MSG_GROUP_COMMIT_MAX_WAIT_US", "250"),
             ("MSG_DEAD_MAX_ROWS", "9"),
@@ -360,6 +410,8 @@ mod tests {
             auth_retry_initial_interval: ms(50),
             auth_retry_max_interval: ms(60),
             durability: Durability::PowerLoss,
+            overflow: Overflow::Reject,
+            quick_check_on_open: false,
             group_commit_max_rows: 8,
             group_commit_max_wait: Duration::from_micros(250),
             dead_max_rows: 9,
@@ -375,6 +427,10 @@ mod tests {
         assert!(err.to_string().contains("MSG_BATCH_MAX_SIZE"), "{err}");
         let err = OutboxConfig::from_vars([("MSG_OUTBOX_MAX_SIZE", "0")]).unwrap_err();
         assert!(err.to_string().contains("MSG_OUTBOX_MAX_SIZE"), "{err}");
+        let err = OutboxConfig::from_vars([("MSG_OUTBOX_OVERFLOW", "block")]).unwrap_err();
+        assert!(err.to_string().contains("MSG_OUTBOX_OVERFLOW"), "{err}");
+        let err = OutboxConfig::from_vars([("MSG_OUTBOX_QUICK_CHECK", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("MSG_OUTBOX_QUICK_CHECK"), "{err}");
         let err = OutboxConfig::from_vars([("MSG_OUTBOX_DURABILITY", "maybe")]).unwrap_err();
         assert!(err.to_string().contains("MSG_OUTBOX_DURABILITY"), "{err}");
         let err = OutboxConfig::from_vars([

@@ -35,6 +35,14 @@ pub enum OutboxError {
         /// The route asked for.
         requested: String,
     },
+    /// The outbox holds `MSG_OUTBOX_MAX_SIZE` rows and its overflow policy is
+    /// [`Overflow::Reject`](crate::Overflow::Reject): nothing of the call was stored. Try
+    /// again once the flusher has delivered.
+    #[error("the outbox is full ({max} pending rows); nothing was stored")]
+    Full {
+        /// The bound (`MSG_OUTBOX_MAX_SIZE`).
+        max: usize,
+    },
     /// The outbox was closed (its writer thread has stopped).
     #[error("the outbox is closed")]
     Closed,
@@ -44,10 +52,11 @@ pub enum OutboxError {
 }
 
 impl OutboxError {
-    /// Whether trying the same call again may succeed (a storage hiccup such as a full disk).
+    /// Whether trying the same call again may succeed (a storage hiccup such as a full disk,
+    /// or a full outbox that the flusher drains).
     #[must_use]
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Storage(_))
+        matches!(self, Self::Storage(_) | Self::Full { .. })
     }
 }
 

@@ -147,7 +147,17 @@
 //! Content above `MSG_MAX_MESSAGE_CONTENT_BYTES` is truncated on enqueue and ends with the
 //! visible marker `[… message truncated by the outbox: N bytes omitted]`.
 //!
+//! With `MSG_OUTBOX_OVERFLOW=reject` ([`Overflow::Reject`]) nothing is ever evicted: an
+//! enqueue that would pass the bound fails whole with [`OutboxError::Full`] (retryable once
+//! the flusher has delivered), which gives producers back-pressure.
+//!
 //! ## Startup recovery and shutdown
+//!
+//! On open, `PRAGMA quick_check` runs first (`MSG_OUTBOX_QUICK_CHECK`, on by default). A
+//! corrupt file is not deleted and does not make every start fail: it is renamed to
+//! `<path>.corrupt-<time>` together with its `-wal` and `-shm`, an error is logged, a fresh
+//! outbox starts, and [`Outbox::corrupt_file_set_aside`] names the moved file so the host
+//! can raise an alarm.
 //!
 //! Opening never deletes a row: the schema migration is one transaction, and rows left by a
 //! crash (including rows that were in flight) are simply sent again; a route that was in
@@ -174,6 +184,8 @@
 //! | [`auth_retry_initial_interval`](OutboxConfig::auth_retry_initial_interval) | `MSG_AUTH_RETRY_INITIAL_INTERVAL_MS` | 60000 |
 //! | [`auth_retry_max_interval`](OutboxConfig::auth_retry_max_interval) | `MSG_AUTH_RETRY_MAX_INTERVAL_MS` | 300000 |
 //! | [`durability`](OutboxConfig::durability) | `MSG_OUTBOX_DURABILITY` (`process` / `power-loss`) | `process` |
+//! | [`overflow`](OutboxConfig::overflow) | `MSG_OUTBOX_OVERFLOW` (`drop-oldest` / `reject`) | `drop-oldest` |
+//! | [`quick_check_on_open`](OutboxConfig::quick_check_on_open) | `MSG_OUTBOX_QUICK_CHECK` (`true` / `false`) | `true` |
 //! | [`group_commit_max_rows`](OutboxConfig::group_commit_max_rows) | `MSG_GROUP_COMMIT_MAX_ROWS` | 512 |
 //! | [`group_commit_max_wait`](OutboxConfig::group_commit_max_wait) | `MSG_GROUP_COMMIT_MAX_WAIT_US` | 1000 (0: never wait) |
 //! | [`dead_max_rows`](OutboxConfig::dead_max_rows) | `MSG_DEAD_MAX_ROWS` | 1000 |
@@ -202,7 +214,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use config::{Durability, OutboxConfig};
+pub use config::{Durability, OutboxConfig, Overflow};
 pub use error::OutboxError;
 pub use flusher::{FlusherHandle, FlusherOptions, ShutdownReport};
 pub use http::HttpMessageSink;

@@ -122,6 +122,7 @@ pub(crate) struct Inner {
     // Shared with the writer; only the unit tests' commit-failure hook sets it.
     #[cfg_attr(not(test), allow(dead_code))]
     fail_commits: Arc<AtomicU32>,
+    set_aside: Option<PathBuf>,
     _lock: File,
 }
 
@@ -162,6 +163,11 @@ impl Outbox {
         config.validate()?;
         let path = path.as_ref().to_path_buf();
         let lock = lock_file(&path)?;
+        let set_aside = if config.quick_check_on_open {
+            check_or_set_aside(&path, clock.as_ref())?
+        } else {
+            None
+        };
         let conn = schema::open_writer(&path, config.durability)?;
         let reader = schema::open_reader(&path)?;
         let checkpoint_conn = checkpoint::open_connection(&path, config.durability)?;
@@ -175,6 +181,7 @@ impl Outbox {
             WriterLimits {
                 max_size: u64::try_from(config.max_size).unwrap_or(u64::MAX),
                 dead_max_rows: config.dead_max_rows,
+                overflow: config.overflow,
             },
             WriterLinks {
                 counters: counters.clone(),
@@ -217,6 +224,7 @@ impl Outbox {
                 notify,
                 clock,
                 fail_commits,
+                set_aside,
                 _lock: lock,
             }),
         })
@@ -226,6 +234,13 @@ impl Outbox {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Where this open moved a corrupt outbox file (`MSG_OUTBOX_QUICK_CHECK`), if it did:
+    /// the messages still in it were not delivered. The host may want to raise an alarm.
+    #[must_use]
+    pub fn corrupt_file_set_aside(&self) -> Option<&Path> {
+        self.inner.set_aside.as_deref()
     }
 
     /// Its settings.
@@ -594,6 +609,29 @@ fn parse_timestamp(s: &str) -> Option<Timestamp> {
     chrono::DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// `PRAGMA quick_check`; a corrupt file is moved aside (never deleted) so a fresh outbox can
+/// start instead of failing every start.
+fn check_or_set_aside(
+    path: &Path,
+    clock: &dyn LifecycleClock,
+) -> Result<Option<PathBuf>, OutboxError> {
+    match schema::quick_check(path)? {
+        schema::Health::Ok => Ok(None),
+        schema::Health::Corrupt(found) => {
+            let stamp = clock.now().format("%Y%m%dT%H%M%S%.3fZ").to_string();
+            let aside = schema::set_aside(path, &stamp)?;
+            tracing::error!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                %found,
+                "OUTBOX FILE CORRUPT: moved aside and a fresh outbox started; the messages \
+                 still in the moved file were NOT delivered"
+            );
+            Ok(Some(aside))
+        }
+    }
 }
 
 fn lock_file(path: &Path) -> Result<File, OutboxError> {

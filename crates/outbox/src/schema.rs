@@ -106,6 +106,67 @@ fn reconcile_sessions(conn: &Connection) -> Result<(), OutboxError> {
     Ok(())
 }
 
+/// What `PRAGMA quick_check` found.
+pub(crate) enum Health {
+    Ok,
+    Corrupt(String),
+}
+
+/// Runs `PRAGMA quick_check` on the file (a missing file is healthy). Corruption is an
+/// answer, not an error; other failures (permissions, I/O) are errors.
+pub(crate) fn quick_check(path: &Path) -> Result<Health, OutboxError> {
+    if !path.exists() {
+        return Ok(Health::Ok);
+    }
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let found = (|| -> rusqlite::Result<Vec<String>> {
+        let mut stmt = conn.prepare("PRAGMA quick_check")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        rows.collect()
+    })();
+    match found {
+        Ok(rows) if rows.len() == 1 && rows[0] == "ok" => Ok(Health::Ok),
+        Ok(rows) => Ok(Health::Corrupt(rows.join("; "))),
+        Err(e)
+            if matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            ) =>
+        {
+            Ok(Health::Corrupt(e.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Renames the file (and its `-wal` and `-shm`) to `<path>.corrupt-<stamp>`; returns the
+/// new path of the database file. Nothing is deleted.
+pub(crate) fn set_aside(path: &Path, stamp: &str) -> Result<std::path::PathBuf, OutboxError> {
+    let with = |base: &Path, suffix: &str| {
+        let mut p = base.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    // Never over an earlier one (a rename would replace it).
+    let mut aside = with(path, &format!(".corrupt-{stamp}"));
+    let mut n = 1;
+    while ["", "-wal", "-shm"]
+        .iter()
+        .any(|suffix| with(&aside, suffix).exists())
+    {
+        aside = with(path, &format!(".corrupt-{stamp}-{n}"));
+        n += 1;
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let from = with(path, suffix);
+        if from.exists() {
+            std::fs::rename(&from, with(&aside, suffix))?;
+        }
+    }
+    Ok(aside)
+}
+
 /// Opens a read-only connection for the flusher and the metrics.
 pub(crate) fn open_reader(path: &Path) -> Result<Connection, OutboxError> {
     let conn = Connection::open_with_flags(

@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{Notify, oneshot};
 
 use crate::checkpoint::Checkpointer;
+use crate::config::Overflow;
 use crate::error::OutboxError;
 
 /// A row to insert, already encoded by the producer (off the writer thread).
@@ -231,6 +232,7 @@ impl Delta {
 pub(crate) struct WriterLimits {
     pub max_size: u64,
     pub dead_max_rows: usize,
+    pub overflow: Overflow,
 }
 
 pub(crate) struct Writer {
@@ -588,6 +590,17 @@ impl Writer {
             }
             delta.enqueued += 1;
             delta.pending += 1;
+            if self.limits.overflow == Overflow::Reject {
+                let committed =
+                    i64::try_from(self.counters.pending.load(Ordering::Relaxed)).unwrap_or(0);
+                let max = i64::try_from(self.limits.max_size).unwrap_or(i64::MAX);
+                if committed + total.pending + delta.pending > max {
+                    // The whole call is rolled back (all or none).
+                    return Err(OutboxError::Full {
+                        max: usize::try_from(max).unwrap_or(usize::MAX),
+                    });
+                }
+            }
             receipts.push(Receipt {
                 id: row.id,
                 seq,
@@ -740,7 +753,9 @@ impl Writer {
         let committed = i64::try_from(self.counters.pending.load(Ordering::Relaxed)).unwrap_or(0);
         let count = committed + total.pending;
         let max = i64::try_from(self.limits.max_size).unwrap_or(i64::MAX);
-        if count <= max {
+        // Under `Reject` enqueues never pass the bound; only drop notices could, and each
+        // replaces at least one row that left, so nothing is evicted.
+        if count <= max || self.limits.overflow == Overflow::Reject {
             return Ok(());
         }
         // Take the oldest rows not in flight until what remains plus one new notice per

@@ -136,3 +136,80 @@ async fn overflow_never_drops_a_row_that_is_in_flight() {
         "the notices announce exactly the dropped messages"
     );
 }
+
+#[tokio::test]
+async fn reject_refuses_enqueues_when_full_and_drops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = OutboxConfig {
+        max_size: 3,
+        overflow: crate::Overflow::Reject,
+        ..OutboxConfig::default()
+    };
+    let clock = ManualClock::starting_at_epoch();
+    let outbox =
+        Outbox::open_with_clock(dir.path().join("o.sqlite"), config, Arc::new(clock.clone()))
+            .unwrap();
+    let session = SessionId::new();
+    outbox
+        .enqueue(Route::single(), message(session, "1"))
+        .await
+        .unwrap();
+    // A batch that does not fit is refused whole.
+    let err = outbox
+        .enqueue_batch(
+            Route::single(),
+            vec![
+                message(session, "2"),
+                message(session, "3"),
+                message(session, "4"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, crate::OutboxError::Full { max: 3 }), "{err}");
+    assert!(err.is_retryable());
+    assert_eq!(
+        outbox.pending_count(),
+        1,
+        "nothing of the refused batch stored"
+    );
+    for i in 2..=3 {
+        outbox
+            .enqueue(Route::single(), message(session, &i.to_string()))
+            .await
+            .unwrap();
+    }
+    let err = outbox
+        .enqueue(Route::single(), message(session, "4"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, crate::OutboxError::Full { .. }), "{err}");
+    assert_eq!(outbox.pending_count(), 3);
+    assert!(outbox.dead_letters().unwrap().is_empty(), "nothing dropped");
+    // Once delivered there is room again, and the seqs have no gap from the refusals.
+    let sink = Arc::new(GateSink {
+        entered: Mutex::new(None),
+        release: tokio::sync::Mutex::new(None),
+        got: Mutex::new(Vec::new()),
+    });
+    let mut flusher = Flusher::for_test(
+        &outbox,
+        Arc::new(SingleSink(sink.clone())),
+        Arc::new(clock.clone()),
+        1,
+    );
+    while flusher.step().await.unwrap() == Step::Worked {}
+    let r = outbox
+        .enqueue(Route::single(), message(session, "4"))
+        .await
+        .unwrap();
+    assert_eq!(r.seq, 4);
+    let got = sink.got.lock().unwrap();
+    assert_eq!(
+        got.iter().map(|m| m.seq.unwrap()).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let c = &outbox.inner.counters;
+    assert_eq!(c.dropped_overflow.load(Ordering::Relaxed), 0);
+    assert_eq!(c.notices.load(Ordering::Relaxed), 0);
+}

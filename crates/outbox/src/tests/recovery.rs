@@ -254,3 +254,80 @@ fn the_wal_is_checkpointed_off_the_commit_path() {
     }
     assert_eq!(outbox.pending_count(), 200);
 }
+
+/// Writes `garbage` over the file at `offset`.
+fn scribble(path: &std::path::Path, offset: u64, garbage: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(garbage).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_file_is_moved_aside_and_a_fresh_outbox_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite");
+    let clock = ManualClock::starting_at_epoch();
+    let session = SessionId::new();
+    // Two kinds of damage: a destroyed header (not a database any more) and a destroyed
+    // b-tree page (the header is fine; only the check finds it).
+    for (round, (offset, len)) in [(0u64, 100usize), (4096, 4096)].into_iter().enumerate() {
+        {
+            let outbox = open(&path, &clock);
+            assert_eq!(outbox.corrupt_file_set_aside(), None, "round {round}");
+            for i in 0..20 {
+                outbox
+                    .enqueue(Route::single(), message(session, &format!("m{i}")))
+                    .await
+                    .unwrap();
+            }
+        } // closed: the WAL is checkpointed into the file and removed
+        scribble(&path, offset, &vec![0xA5; len]);
+        let damaged = std::fs::read(&path).unwrap();
+        let outbox = open(&path, &clock);
+        let aside = outbox
+            .corrupt_file_set_aside()
+            .unwrap_or_else(|| panic!("round {round}: corruption not detected"))
+            .to_path_buf();
+        assert_eq!(
+            std::fs::read(&aside).unwrap(),
+            damaged,
+            "round {round}: the corrupt file is kept as it was"
+        );
+        assert_eq!(outbox.pending_count(), 0, "round {round}: a fresh outbox");
+        let r = outbox
+            .enqueue(Route::single(), message(session, "after"))
+            .await
+            .unwrap();
+        assert_eq!(r.seq, 1, "round {round}: the fresh outbox numbers from 1");
+        drop(outbox);
+        std::fs::remove_file(&path).unwrap();
+    }
+    let kept = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".corrupt-")
+        })
+        .count();
+    assert!(kept >= 2, "both corrupt files are kept, found {kept}");
+}
+
+#[test]
+fn the_quick_check_can_be_turned_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("outbox.sqlite");
+    drop(Outbox::open(&path, OutboxConfig::default()).unwrap());
+    scribble(&path, 0, &[0xA5; 100]);
+    let config = OutboxConfig {
+        quick_check_on_open: false,
+        ..OutboxConfig::default()
+    };
+    let err = Outbox::open(&path, config).unwrap_err();
+    assert!(err.to_string().contains("not a database"), "{err}");
+    assert!(path.exists(), "nothing moved");
+}
