@@ -30,6 +30,8 @@ struct World {
     session: String,
     node: String,
     workspace: String,
+    /// The id of the user's API token.
+    token_id: String,
 }
 
 async fn world(kiln: &Kiln, dir: &std::path::Path, name: &str) -> World {
@@ -60,6 +62,15 @@ async fn world(kiln: &Kiln, dir: &std::path::Path, name: &str) -> World {
         session: s(&running, "sessionId"),
         node: s(&running, "nodeId"),
         workspace: s(&running, "workspaceId"),
+        token_id: api
+            .get("/api/tokens")
+            .await
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["current"] == true)
+            .map(|t| s(t, "id"))
+            .expect("the current token is listed"),
         api,
     }
 }
@@ -362,6 +373,7 @@ async fn matrix(database_url: Option<&str>) {
                     "sessionId" => vec![&ann.session],
                     "nodeId" => vec![&ann.node],
                     "workspaceId" => vec![&ann.workspace],
+                    "tokenId" => vec![&ann.token_id],
                     other => panic!("{template}: no value for path parameter {other}; add it"),
                 };
                 paths = paths
@@ -563,6 +575,7 @@ async fn matrix(database_url: Option<&str>) {
                     &ann.session,
                     &ann.node,
                     &ann.workspace,
+                    &ann.token_id,
                 ] {
                     assert!(
                         !view.contains(id.as_str()),

@@ -460,6 +460,8 @@ pub trait UserStore: Send + Sync + fmt::Debug + 'static {
     async fn find_api_token(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError>;
     /// Revokes a token. `false` if it did not exist.
     async fn delete_api_token(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
+    /// A user's tokens, newest first.
+    async fn list_api_tokens(&self, user: UserId) -> Result<Vec<ApiToken>, StoreError>;
 }
 
 /// Everything a control plane stores: [`SessionStore`] + [`TaskStore`] + [`NodeStore`] +
@@ -518,6 +520,7 @@ forward! {
         fn create_api_token(&self, token: &ApiToken) -> Result<(), StoreError>;
         fn find_api_token(&self, token_hash: &str) -> Result<Option<ApiToken>, StoreError>;
         fn delete_api_token(&self, id: uuid::Uuid) -> Result<bool, StoreError>;
+        fn list_api_tokens(&self, user: UserId) -> Result<Vec<ApiToken>, StoreError>;
     }
     NodeStore {
         fn insert_node(&self, node: &Node) -> Result<(), StoreError>;

@@ -681,3 +681,105 @@ async fn expired_api_tokens_are_refused() {
         .unwrap();
     assert_eq!(error_code(r).await.0, 401);
 }
+
+#[tokio::test]
+async fn tokens_are_listed_without_secrets_and_revoked_at_once() {
+    let s = TestServer::start().await;
+    let (_, ann) = s.user("ann").await;
+    let (_, bob) = s.user("bob").await;
+    let r = s
+        .http
+        .post(s.url("/api/tokens"))
+        .bearer_auth(&ann)
+        .json(&json!({"name": "ci"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let ci: Value = r.json().await.unwrap();
+    let ci_secret = ci["token"].as_str().unwrap().to_owned();
+    let ci_id = ci["id"].as_str().unwrap().to_owned();
+
+    let list = |token: String| {
+        let s = &s;
+        async move {
+            let r = s
+                .http
+                .get(s.url("/api/tokens"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let text = list(ann.clone()).await;
+    assert!(
+        !text.contains(&ci_secret) && !text.contains(&ann),
+        "no secret in a listing"
+    );
+    assert!(!text.contains("tokenHash"), "no hash in a listing");
+    let tokens: Vec<Value> = serde_json::from_str(&text).unwrap();
+    assert_eq!(tokens.len(), 2, "{tokens:?}");
+    assert_eq!(tokens[0]["id"], ci_id.as_str(), "newest first");
+    assert_eq!(tokens[0]["name"], "ci");
+    assert_eq!(tokens[0]["current"], false);
+    assert_eq!(tokens[1]["current"], true, "the token of this request");
+    assert!(
+        !list(bob.clone()).await.contains(&ci_id),
+        "bob sees his own"
+    );
+
+    // Bob cannot revoke ann's token; it still works.
+    let r = s
+        .http
+        .delete(s.url(&format!("/api/tokens/{ci_id}")))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+    let me = |token: String| {
+        let s = &s;
+        async move {
+            s.http
+                .get(s.url("/api/me"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    assert_eq!(me(ci_secret.clone()).await, 200);
+
+    // Ann revokes it: refused at once, and gone from the list.
+    let r = s
+        .http
+        .delete(s.url(&format!("/api/tokens/{ci_id}")))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(me(ci_secret).await, 401);
+    assert!(!list(ann.clone()).await.contains(&ci_id));
+    let r = s
+        .http
+        .delete(s.url(&format!("/api/tokens/{ci_id}")))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await.0, 404);
+    let r = s
+        .http
+        .delete(s.url("/api/tokens/not-a-uuid"))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_code(r).await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -85,4 +85,18 @@ impl UserStore for PostgresStore {
             .map_err(map_err)?;
         Ok(done.rows_affected() > 0)
     }
+
+    async fn list_api_tokens(&self, user: UserId) -> Result<Vec<ApiToken>, StoreError> {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE user_id = $1 \
+             ORDER BY created_at DESC, id DESC"
+        )))
+        .bind(user.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?
+        .iter()
+        .map(rows::api_token)
+        .collect()
+    }
 }

@@ -61,8 +61,31 @@ pub async fn users_have_unique_names_and_hashed_tokens(store: Arc<dyn Store>) {
         store.create_api_token(&orphan).await.is_err(),
         "a token needs its user"
     );
+    // A user's tokens are listed newest first; another user's are not among them.
+    let newer = ApiToken {
+        id: uuid::Uuid::now_v7(),
+        token_hash: format!("{:064x}", uuid::Uuid::now_v7().as_u128()),
+        name: "browser".into(),
+        created_at: now + chrono::Duration::seconds(1),
+        expires_at: None,
+        ..token.clone()
+    };
+    store.create_api_token(&newer).await.unwrap();
+    assert_eq!(
+        store.list_api_tokens(user.id).await.unwrap(),
+        vec![newer.clone(), token.clone()]
+    );
+    assert!(
+        store
+            .list_api_tokens(UserId::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.delete_api_token(newer.id).await.unwrap());
     assert!(store.delete_api_token(token.id).await.unwrap());
     assert!(!store.delete_api_token(token.id).await.unwrap());
+    assert!(store.list_api_tokens(user.id).await.unwrap().is_empty());
     assert!(
         store
             .find_api_token(&token.token_hash)

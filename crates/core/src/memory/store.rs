@@ -489,6 +489,18 @@ impl UserStore for MemoryStore {
     async fn delete_api_token(&self, id: uuid::Uuid) -> Result<bool, StoreError> {
         Ok(self.lock().tokens.remove(&id).is_some())
     }
+
+    async fn list_api_tokens(&self, user: UserId) -> Result<Vec<ApiToken>, StoreError> {
+        let mut tokens: Vec<ApiToken> = self
+            .lock()
+            .tokens
+            .values()
+            .filter(|t| t.user_id == user)
+            .cloned()
+            .collect();
+        tokens.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+        Ok(tokens)
+    }
 }
 
 #[async_trait]

@@ -38,6 +38,18 @@ pub struct NewToken {
     expires_at: Option<kiln_core::Timestamp>,
 }
 
+/// A token as listed: never its secret nor its hash.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenInfo {
+    id: uuid::Uuid,
+    name: String,
+    created_at: kiln_core::Timestamp,
+    expires_at: Option<kiln_core::Timestamp>,
+    /// Whether the request was made with this token (revoking it signs this client out).
+    current: bool,
+}
+
 /// Query of `GET /login`.
 #[derive(Debug, Deserialize)]
 pub struct LoginQuery {
@@ -84,6 +96,66 @@ pub(crate) async fn create_token(
             expires_at,
         }),
     ))
+}
+
+/// `GET /api/tokens`: the signed-in user's API tokens and browser sessions, newest first
+/// (expired ones left out).
+pub(crate) async fn list_tokens(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Json<Vec<TokenInfo>>> {
+    let current = current_token(&state, &headers).await?;
+    let now = state.clock.now();
+    let tokens = state
+        .store
+        .list_api_tokens(user.id())
+        .await?
+        .into_iter()
+        .filter(|t| t.expires_at.is_none_or(|e| e > now))
+        .map(|t| TokenInfo {
+            current: current == Some(t.id),
+            id: t.id,
+            name: t.name,
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+        })
+        .collect();
+    Ok(Json(tokens))
+}
+
+/// `DELETE /api/tokens/{tokenId}`: revokes one of the signed-in user's tokens at once
+/// (another user's is not found).
+pub(crate) async fn revoke_token(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<StatusCode> {
+    let id: uuid::Uuid = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("tokenId is not a UUID"))?;
+    let owned = state
+        .store
+        .list_api_tokens(user.id())
+        .await?
+        .iter()
+        .any(|t| t.id == id);
+    if !owned || !state.store.delete_api_token(id).await? {
+        return Err(ApiError::not_found("token"));
+    }
+    tracing::info!(user = %user.id(), token = %id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The id of the token this request was made with (bearer or session cookie).
+async fn current_token(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<uuid::Uuid>, ApiError> {
+    let Some(secret) = crate::auth::bearer(headers).or_else(|| session_cookie(headers)) else {
+        return Ok(None);
+    };
+    Ok(find_token(state, secret).await?.map(|t| t.id))
 }
 
 /// `GET /login?token=…`: trades a one-time login token for a browser session cookie.

@@ -11,7 +11,7 @@ pub(crate) mod sessions;
 pub(crate) mod tasks;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 use crate::state::AppState;
 
@@ -21,7 +21,11 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/login", get(account::login))
         .route("/api/logout", post(account::logout))
         .route("/api/me", get(account::me))
-        .route("/api/tokens", post(account::create_token))
+        .route(
+            "/api/tokens",
+            get(account::list_tokens).post(account::create_token),
+        )
+        .route("/api/tokens/{tokenId}", delete(account::revoke_token))
         .route(
             "/api/account/hetzner-token",
             get(credentials::get_hetzner)
