@@ -311,11 +311,20 @@ impl TaskRunner {
         self.patch_chat(&session, status_patch(SessionStatus::Closed))
             .await;
         tracing::info!(session = %id, workspace = ?session.workspace_id, "chat closed");
+        // Read again: a workspace may have been attached since (destroying is idempotent).
+        let session = self.session(id).await?;
         if let Some(workspace_id) = session.workspace_id
             && let Some(workspace) = self.store().get_workspace(workspace_id).await?
         {
             self.destroy_chat_workspace(&session, workspace.id, workspace.node_id)
                 .await?;
+        }
+        // Session writes are not conditional: a report that set another status meanwhile
+        // (the agent came up) is overruled, so a closed chat stays closed.
+        let session = self.session(id).await?;
+        if session.status != SessionStatus::Closed {
+            self.patch_chat(&session, status_patch(SessionStatus::Closed))
+                .await;
         }
         self.session(id).await
     }
@@ -354,6 +363,16 @@ impl TaskRunner {
 
     /// A chat's agent is up: the session is active (ready for prompts).
     pub(super) async fn chat_started(&self, workspace: &Workspace) -> Result<(), Error> {
+        let current = self.store().get_workspace(workspace.id).await?;
+        let live = current.is_some_and(|w| {
+            matches!(
+                w.status,
+                WorkspaceStatus::Creating | WorkspaceStatus::Running
+            )
+        });
+        if !live {
+            return Ok(());
+        }
         if let Some(id) = workspace.session_id {
             let session = self.session(id).await?;
             self.patch_chat(&session, status_patch(SessionStatus::Active))
