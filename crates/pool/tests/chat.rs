@@ -185,3 +185,36 @@ async fn a_chat_on_a_lost_node_is_stopped_with_a_notice() {
         WorkspaceStatus::Destroyed
     );
 }
+
+#[tokio::test]
+async fn closing_a_chat_whose_start_was_cut_off_gives_its_idle_node_back() {
+    let h = Harness::new().await;
+    // A previous process opened the chat and acquired its node, then stopped before the
+    // workspace was created: the session is pending and the node active, claimed by it.
+    let now = h.now();
+    let session = kiln_core::ChatSession {
+        id: SessionId::new(),
+        project_id: h.project.id,
+        owner: h.owner,
+        task_id: None,
+        workspace_id: None,
+        topic: None,
+        status: SessionStatus::Pending,
+        message_count: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    h.store.create_session(&session).await.unwrap();
+    let mut node = h.node(VmSize::Small, NodeState::Active);
+    node.claimed_by = Some(chat_claim(session.id));
+    h.store.insert_node(&node).await.unwrap();
+    // Another chat's node is not touched.
+    let mut other = h.node(VmSize::Small, NodeState::Active);
+    other.claimed_by = Some(chat_claim(SessionId::new()));
+    h.store.insert_node(&other).await.unwrap();
+
+    let closed = h.runner.close_chat(session.id).await.unwrap();
+    assert_eq!(closed.status, SessionStatus::Closed);
+    assert_eq!(h.node_state(node.id).await, NodeState::Warm);
+    assert_eq!(h.node_state(other.id).await, NodeState::Active);
+}

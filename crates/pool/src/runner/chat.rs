@@ -11,8 +11,9 @@
 
 use kiln_core::protocol::Prompt;
 use kiln_core::{
-    Change, ChatMessage, ChatSession, MessageId, NodeId, ProjectId, Role, SessionId, SessionPatch,
-    SessionStatus, TaskId, VmSize, Workspace, WorkspaceId, WorkspaceQuery, WorkspaceStatus,
+    Change, ChatMessage, ChatSession, MessageId, NodeId, NodeQuery, NodeState, ProjectId, Role,
+    SessionId, SessionPatch, SessionStatus, TaskId, VmSize, Workspace, WorkspaceId, WorkspaceQuery,
+    WorkspaceStatus,
 };
 
 use super::TaskRunner;
@@ -319,6 +320,7 @@ impl TaskRunner {
             self.destroy_chat_workspace(&session, workspace.id, workspace.node_id)
                 .await?;
         }
+        self.release_chat_nodes(&session).await?;
         // Session writes are not conditional: a report that set another status meanwhile
         // (the agent came up) is overruled, so a closed chat stays closed.
         let session = self.session(id).await?;
@@ -327,6 +329,25 @@ impl TaskRunner {
                 .await;
         }
         self.session(id).await
+    }
+
+    /// Gives back any node still claimed for the chat with nothing on it: one whose
+    /// acquisition ended without a workspace (the process that acquired it stopped).
+    async fn release_chat_nodes(&self, session: &ChatSession) -> Result<(), Error> {
+        let claimed = self
+            .store()
+            .list_nodes(&NodeQuery {
+                owner: Some(session.owner),
+                states: vec![NodeState::Active],
+                ..NodeQuery::default()
+            })
+            .await?;
+        let claim = chat_claim(session.id);
+        for node in claimed.into_iter().filter(|n| n.claimed_by == Some(claim)) {
+            let outcome = self.inner.pool.release(node.id).await?;
+            tracing::info!(session = %session.id, node = %node.id, ?outcome, "chat node released");
+        }
+        Ok(())
     }
 
     async fn destroy_chat_workspace(
