@@ -101,6 +101,14 @@
 //! message of the session has been acknowledged or dropped. Acknowledged rows are deleted
 //! by position **and** id (compare-and-set), in the writer's next group commit.
 //!
+//! ## A transactional outbox: `enqueue_in`
+//!
+//! [`Outbox::enqueue_in`] stores messages inside the host's own `rusqlite::Transaction` on
+//! the outbox file, so the host's writes and its messages commit (or roll back) together.
+//! Seqs are allocated from the file inside that transaction; the writer notices such writes
+//! (a generation counter bumped while the host holds the write lock) and refreshes its
+//! cached seqs and pending count before its next commit.
+//!
 //! ## Routes: one outbox, several workspaces
 //!
 //! One outbox file may hold the messages of several workspaces of a node. Each enqueue names

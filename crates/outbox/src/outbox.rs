@@ -1,9 +1,9 @@
 //! [`Outbox`]: opening the file, durable enqueue, and the reads the flusher needs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -17,13 +17,13 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::body;
 use crate::checkpoint::{self, Checkpointer};
-use crate::config::OutboxConfig;
+use crate::config::{OutboxConfig, Overflow};
 use crate::error::OutboxError;
 use crate::queue::{Committer, WriteQueue};
 use crate::schema;
 use crate::writer::{
     Command, Counters, InFlight, NewRow, Receipt, RouteKey, RowKey, Settle, SettleOutcome, Writer,
-    WriterLimits, WriterLinks,
+    WriterLimits, WriterLinks, durable_next_seq,
 };
 
 /// Where a message goes: the workspace whose sink delivers it (a batch never mixes
@@ -115,6 +115,7 @@ pub(crate) struct Inner {
     checkpointer: Arc<Checkpointer>,
     checkpoint_thread: Option<JoinHandle<()>>,
     in_flight: Arc<InFlight>,
+    external: Arc<AtomicU64>,
     reader: Mutex<Connection>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) notify: Arc<Notify>,
@@ -173,6 +174,7 @@ impl Outbox {
         let checkpoint_conn = checkpoint::open_connection(&path, config.durability)?;
         let checkpointer = Arc::new(Checkpointer::default());
         let in_flight = Arc::new(InFlight::default());
+        let external = Arc::new(AtomicU64::new(0));
         let counters = Arc::new(Counters::default());
         let notify = Arc::new(Notify::new());
         let fail_commits = Arc::new(AtomicU32::new(0));
@@ -190,6 +192,7 @@ impl Outbox {
                 fail_commits: fail_commits.clone(),
                 checkpointer: checkpointer.clone(),
                 in_flight: in_flight.clone(),
+                external: external.clone(),
             },
         )?;
         let queue = Arc::new(WriteQueue::new(
@@ -219,6 +222,7 @@ impl Outbox {
                 checkpointer,
                 checkpoint_thread: Some(checkpoint_thread),
                 in_flight,
+                external,
                 reader: Mutex::new(reader),
                 counters,
                 notify,
@@ -277,6 +281,148 @@ impl Outbox {
     ) -> Result<Vec<Receipt>, OutboxError> {
         let rx = self.send_enqueue(route.into(), messages, Committer::Thread)?;
         rx.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Stores messages inside the caller's own SQLite transaction, so they are committed
+    /// atomically with the caller's writes (a true transactional outbox): if `tx` rolls
+    /// back, nothing of this call was stored; once it commits, the messages are as durable
+    /// as any enqueue.
+    ///
+    /// `tx` must be on a connection to this outbox's file (the caller's tables live in the
+    /// same file); give that connection a `busy_timeout`, since the outbox's writer shares
+    /// the file. Seqs are allocated in `tx` from what the file says, and the writer catches
+    /// up before its next commit, so seqs stay contiguous and unique across both paths. The
+    /// writer and this transaction take turns for SQLite's write lock: keep `tx` short. The
+    /// flusher sees the rows at its next look (within `MSG_BATCH_MAX_WAIT_MS`); call
+    /// [`notify_flusher`](Self::notify_flusher) after the commit to send them at once.
+    /// Under `MSG_OUTBOX_OVERFLOW=drop-oldest` the bound is enforced by the writer's next
+    /// commit, not here.
+    ///
+    /// # Errors
+    /// [`OutboxError::InvalidConfig`] when `tx` is on another file,
+    /// [`OutboxError::Full`] (under `Reject`), [`OutboxError::SessionRouteMismatch`],
+    /// [`OutboxError::Storage`]. On an error nothing of this call is left in `tx`.
+    pub fn enqueue_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        route: impl Into<Route>,
+        messages: Vec<ChatMessage>,
+    ) -> Result<Vec<Receipt>, OutboxError> {
+        let same_file = tx
+            .path()
+            .and_then(|p| std::fs::canonicalize(p).ok())
+            .zip(std::fs::canonicalize(&self.inner.path).ok())
+            .is_some_and(|(a, b)| a == b);
+        if !same_file {
+            return Err(OutboxError::InvalidConfig(format!(
+                "enqueue_in needs a transaction on the outbox file {}",
+                self.inner.path.display()
+            )));
+        }
+        let route = route.into().key();
+        let max = self.inner.config.max_message_content_bytes;
+        let rows: Vec<NewRow> = messages.into_iter().map(|m| new_row(m, max)).collect();
+        tx.execute_batch("SAVEPOINT kiln_enqueue_in")?;
+        match self.insert_in(tx, &route, &rows) {
+            Ok(receipts) => {
+                tx.execute_batch("RELEASE kiln_enqueue_in")?;
+                // After the rows are written, so the write lock is held: see `absorb_external`.
+                self.inner.external.fetch_add(1, Ordering::SeqCst);
+                Ok(receipts)
+            }
+            Err(e) => {
+                let _ = tx.execute_batch("ROLLBACK TO kiln_enqueue_in; RELEASE kiln_enqueue_in");
+                Err(e)
+            }
+        }
+    }
+
+    fn insert_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        route: &RouteKey,
+        rows: &[NewRow],
+    ) -> Result<Vec<Receipt>, OutboxError> {
+        if self.inner.config.overflow == Overflow::Reject {
+            let pending: i64 =
+                tx.query_row("SELECT COUNT(*) FROM message_outbox", [], |r| r.get(0))?;
+            let pending = usize::try_from(pending).unwrap_or(usize::MAX);
+            if pending.saturating_add(rows.len()) > self.inner.config.max_size {
+                return Err(OutboxError::Full {
+                    max: self.inner.config.max_size,
+                });
+            }
+        }
+        let mut next: HashMap<String, i64> = HashMap::new();
+        let mut receipts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let seq = match next.get(&row.session) {
+                Some(n) => *n,
+                None => match durable_next_seq(tx, &row.session)? {
+                    Some(s) if s.workspace != route.workspace => {
+                        return Err(OutboxError::SessionRouteMismatch {
+                            session: row.session.clone(),
+                            existing: s.workspace,
+                            requested: route.workspace.clone(),
+                        });
+                    }
+                    Some(s) => s.next_seq,
+                    None => 1,
+                },
+            };
+            let id = row.id.to_string();
+            let inserted = tx
+                .prepare_cached(
+                    "INSERT INTO message_outbox \
+                     (id, workspace, project, session_id, seq, role, content, tool, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+                )?
+                .execute(params![
+                    id,
+                    route.workspace,
+                    route.project,
+                    row.session,
+                    seq,
+                    row.role,
+                    row.content,
+                    row.tool,
+                    row.created_at
+                ])?;
+            if inserted == 0 {
+                let existing: i64 =
+                    tx.query_row("SELECT seq FROM message_outbox WHERE id = ?1", [&id], |r| {
+                        r.get(0)
+                    })?;
+                next.insert(row.session.clone(), seq);
+                receipts.push(Receipt {
+                    id: row.id,
+                    seq: existing,
+                    duplicate: true,
+                });
+                continue;
+            }
+            next.insert(row.session.clone(), seq + 1);
+            receipts.push(Receipt {
+                id: row.id,
+                seq,
+                duplicate: false,
+            });
+        }
+        for (session, next_seq) in &next {
+            tx.prepare_cached(
+                "INSERT INTO sessions (session_id, workspace, next_seq) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (session_id) DO UPDATE SET next_seq = excluded.next_seq \
+                 WHERE excluded.next_seq > sessions.next_seq",
+            )?
+            .execute(params![session, route.workspace, next_seq])?;
+        }
+        Ok(receipts)
+    }
+
+    /// Wakes the flusher (after committing a transaction that used
+    /// [`enqueue_in`](Self::enqueue_in)).
+    pub fn notify_flusher(&self) {
+        self.inner.notify.notify_one();
     }
 
     /// [`enqueue`](Self::enqueue) for synchronous callers (not from inside an async task).

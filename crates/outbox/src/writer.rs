@@ -190,9 +190,9 @@ impl Counters {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct SessionSeq {
-    workspace: String,
-    next_seq: i64,
+pub(crate) struct SessionSeq {
+    pub workspace: String,
+    pub next_seq: i64,
 }
 
 /// Changes made by the commands of one group, applied to the writer's caches only once the
@@ -252,6 +252,10 @@ pub(crate) struct Writer {
     fail_commits: Arc<AtomicU32>,
     checkpointer: Arc<Checkpointer>,
     in_flight: Arc<InFlight>,
+    /// Bumped by every `enqueue_in` (rows written on another connection).
+    external: Arc<AtomicU64>,
+    /// The generation of `external` the caches reflect.
+    seen_external: u64,
 }
 
 /// What one command produced, answered once its group has committed.
@@ -276,6 +280,7 @@ pub(crate) struct WriterLinks {
     pub fail_commits: Arc<AtomicU32>,
     pub checkpointer: Arc<Checkpointer>,
     pub in_flight: Arc<InFlight>,
+    pub external: Arc<AtomicU64>,
 }
 
 impl Writer {
@@ -291,6 +296,7 @@ impl Writer {
             fail_commits,
             checkpointer,
             in_flight,
+            external,
         } = links;
         let pending: i64 =
             conn.query_row("SELECT COUNT(*) FROM message_outbox", [], |r| r.get(0))?;
@@ -309,7 +315,37 @@ impl Writer {
             fail_commits,
             checkpointer,
             in_flight,
+            external,
+            seen_external: 0,
         })
+    }
+
+    /// Catches up with rows written by [`Outbox::enqueue_in`](crate::Outbox::enqueue_in)
+    /// on another connection. Called with the write lock held: a transaction that bumped the
+    /// generation held that lock when it did, so it has committed or rolled back by now.
+    /// Cached sessions whose `sessions` row is current are forgotten (read again on use);
+    /// the others keep their cached value, raised to what the file says.
+    fn absorb_external(&mut self) -> Result<(), OutboxError> {
+        let generation = self.external.load(Ordering::SeqCst);
+        if generation == self.seen_external {
+            return Ok(());
+        }
+        let unsaved = self.unsaved.clone();
+        self.sessions.retain(|s, _| unsaved.contains(s));
+        for session in &unsaved {
+            let durable = durable_next_seq(&self.conn, session)?;
+            if let (Some(cached), Some(durable)) = (self.sessions.get_mut(session), durable) {
+                cached.next_seq = cached.next_seq.max(durable.next_seq);
+            }
+        }
+        let pending: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM message_outbox", [], |r| r.get(0))?;
+        self.counters
+            .pending
+            .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
+        self.seen_external = generation;
+        Ok(())
     }
 
     /// How long the last group took.
@@ -362,6 +398,10 @@ impl Writer {
         isolate: bool,
     ) -> Result<Vec<Result<Output, OutboxError>>, GroupError> {
         self.exec("BEGIN IMMEDIATE").map_err(GroupError::Commit)?;
+        if let Err(e) = self.absorb_external() {
+            let _ = self.exec("ROLLBACK");
+            return Err(GroupError::Commit(e));
+        }
         let mut total = Delta::default();
         let mut results = Vec::with_capacity(group.len());
         for cmd in group {
@@ -493,16 +533,20 @@ impl Writer {
         if let Some(s) = self.sessions.get(session) {
             return Ok(Some(s.clone()));
         }
-        let found = self
-            .conn
-            .prepare_cached("SELECT workspace, next_seq FROM sessions WHERE session_id = ?1")?
-            .query_row([session], |r| {
-                Ok(SessionSeq {
-                    workspace: r.get(0)?,
-                    next_seq: r.get(1)?,
+        let found = if self.seen_external > 0 {
+            // `enqueue_in` may have written rows this writer never saw.
+            durable_next_seq(&self.conn, session)?
+        } else {
+            self.conn
+                .prepare_cached("SELECT workspace, next_seq FROM sessions WHERE session_id = ?1")?
+                .query_row([session], |r| {
+                    Ok(SessionSeq {
+                        workspace: r.get(0)?,
+                        next_seq: r.get(1)?,
+                    })
                 })
-            })
-            .optional()?;
+                .optional()?
+        };
         if let Some(s) = &found {
             self.sessions.insert(session.to_owned(), s.clone());
         }
@@ -873,6 +917,31 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// A session's next seq as the file says: the larger of its `sessions` row and
+/// `MAX(seq) + 1` of its pending rows (the writer persists `sessions` lazily), with its
+/// workspace. `None` for a session the file does not know.
+pub(crate) fn durable_next_seq(
+    conn: &Connection,
+    session: &str,
+) -> Result<Option<SessionSeq>, OutboxError> {
+    let found: (Option<String>, Option<i64>) = conn
+        .prepare_cached(
+            "SELECT MAX(workspace), MAX(n) FROM ( \
+               SELECT workspace, next_seq AS n FROM sessions WHERE session_id = ?1 \
+               UNION ALL \
+               SELECT workspace, MAX(seq) + 1 FROM message_outbox WHERE session_id = ?1 \
+               GROUP BY workspace)",
+        )?
+        .query_row([session], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(match found {
+        (Some(workspace), Some(next_seq)) => Some(SessionSeq {
+            workspace,
+            next_seq,
+        }),
+        _ => None,
+    })
 }
 
 struct MovedRow {
