@@ -76,6 +76,10 @@ impl TaskDriver for PoolDriver {
         Ok(self.runner.close_chat(session).await?)
     }
 
+    async fn run_queued(&self, task: TaskId) -> Result<Task, ApiError> {
+        Ok(self.runner.run_queued(task).await?)
+    }
+
     async fn node_ready(&self, node: NodeId) -> Result<(), ApiError> {
         self.runner.pool().node_ready(node).await?;
         Ok(())

@@ -32,6 +32,8 @@ pub trait TaskDriver: Send + Sync + fmt::Debug + 'static {
     async fn open_chat(&self, chat: kiln_pool::NewChat) -> Result<ChatSession, ApiError>;
     /// Closes a chat without a task: its workspace is destroyed and its node released.
     async fn close_chat(&self, session: SessionId) -> Result<ChatSession, ApiError>;
+    /// Starts a task its creator stored already `queued` (Run Now in one write).
+    async fn run_queued(&self, task: TaskId) -> Result<Task, ApiError>;
     /// A node's agent host said hello (it is ready).
     async fn node_ready(&self, node: NodeId) -> Result<(), ApiError>;
     /// A node listed the workspaces it has (in its hello): settle the store against them.

@@ -146,7 +146,9 @@ impl TaskRunner {
     }
 
     /// Creates a task (and its chat session with the prompt) and runs it: Run Now. The
-    /// returned task is queued; the run goes on in the background.
+    /// returned task is queued; the run goes on in the background. The task is written
+    /// `queued` in one step, so a process stopping half-way leaves a run for
+    /// [`resume`](Self::resume), never a draft nobody asked for.
     pub async fn run_now(&self, new: NewTask) -> Result<Task, Error> {
         let project = self
             .store()
@@ -154,7 +156,7 @@ impl TaskRunner {
             .await?
             .ok_or_else(|| Error::not_found("project", new.project_id))?;
         let now = self.now();
-        let task = Task {
+        let mut task = Task {
             id: TaskId::new(),
             project_id: project.id,
             owner: project.owner,
@@ -168,7 +170,7 @@ impl TaskRunner {
             pr_url: None,
             summary: None,
             error_message: None,
-            session_id: None,
+            session_id: Some(SessionId::new()),
             workspace_id: None,
             node_id: None,
             vm_size_override: new.vm_size_override,
@@ -177,14 +179,41 @@ impl TaskRunner {
             created_at: now,
             updated_at: now,
         };
+        task.apply(&TaskEvent::Run, now)
+            .map_err(|source| Error::InvalidTransition {
+                task: task.id,
+                source,
+            })?;
         self.store().create_task(&task).await?;
+        if let Err(e) = self.open_session(&task, true).await {
+            let reason = format!("the chat session could not be opened: {e}");
+            self.finish(task.id, &TaskEvent::Failed { reason }).await?;
+            return Err(e);
+        }
+        self.run_queued(task.id).await
+    }
+
+    /// Starts the run of a task stored `queued` by its creator (Run Now written in one
+    /// step, its session and prompt already stored): announces it and acquires its node in
+    /// the background. A task in any other status is returned as it is.
+    pub async fn run_queued(&self, id: TaskId) -> Result<Task, Error> {
+        let task = self.task(id).await?;
+        if task.status != TaskStatus::Queued {
+            return Ok(task);
+        }
         self.publish(
             task.owner,
             Some(task.project_id),
-            Change::Task { task_id: task.id },
+            Change::Task { task_id: id },
         )
         .await;
-        self.run(task.id).await
+        let runner = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runner.acquire_and_delegate(id).await {
+                tracing::warn!(task = %id, error = %e, "task run stopped on an error");
+            }
+        });
+        Ok(task)
     }
 
     /// Runs a draft or ready task: queued at once (returned), then a node is acquired and the

@@ -49,6 +49,14 @@ impl TaskRunner {
             match task.status {
                 TaskStatus::Queued => {
                     tracing::info!(task = %task.id, "resuming a queued task: acquiring its node again");
+                    // Stopped between writing the task and its session: open it now.
+                    let session_missing = match task.session_id {
+                        Some(s) => self.store().get_session(s).await?.is_none(),
+                        None => false,
+                    };
+                    if session_missing && let Err(e) = self.open_session(&task, true).await {
+                        tracing::warn!(task = %task.id, error = %e, "could not open a resumed task's session");
+                    }
                     resumed.queued += 1;
                     let runner = self.clone();
                     tokio::spawn(async move {

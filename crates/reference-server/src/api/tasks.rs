@@ -119,7 +119,7 @@ pub(crate) async fn create(
         created_at: now,
         updated_at: now,
     };
-    let task = Task {
+    let mut task = Task {
         id: task_id,
         project_id: project.id,
         owner: user.id(),
@@ -142,6 +142,11 @@ pub(crate) async fn create(
         created_at: now,
         updated_at: now,
     };
+    if body.run_now {
+        // Written `queued` in one step: a server stopping right after leaves a run that its
+        // restart resumes, never a draft the user did not ask for.
+        task.apply(&kiln_core::task::TaskEvent::Run, now)?;
+    }
     state.store.create_session(&session).await?;
     state.store.create_task(&task).await?;
     state
@@ -161,7 +166,7 @@ pub(crate) async fn create(
         .await?;
     // A Run Now task is announced by the runner as it queues it (never as a draft).
     let task = if body.run_now {
-        state.driver.run(task.id).await?
+        state.driver.run_queued(task.id).await?
     } else {
         state.announce_task(&task).await;
         task
