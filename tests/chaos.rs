@@ -108,6 +108,9 @@ struct Server {
     database_url: Option<String>,
     public_url: String,
     messages: usize,
+    /// The runner's queued/delegated limits: the long soak's pauses of tens of seconds on a
+    /// loaded machine need more room than the short soak's.
+    transient_limit_ms: u64,
 }
 
 impl Server {
@@ -149,8 +152,14 @@ impl Server {
             .env("NODE_SWEEP_INTERVAL_MS", "1000")
             // A restarted server resumes the tasks left `queued`/`delegated`; these limits are
             // the safety net for what cannot be resumed (the summary's "stranded" count).
-            .env("TASK_QUEUED_TIMEOUT_MS", "30000")
-            .env("TASK_DELEGATED_TIMEOUT_MS", "30000")
+            .env(
+                "TASK_QUEUED_TIMEOUT_MS",
+                self.transient_limit_ms.to_string(),
+            )
+            .env(
+                "TASK_DELEGATED_TIMEOUT_MS",
+                self.transient_limit_ms.to_string(),
+            )
             .env("NODE_PROVISIONING_TIMEOUT_MS", "15000")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log));
@@ -590,6 +599,7 @@ async fn soak(database_url: Option<String>, label: &str) {
         database_url,
         public_url: format!("http://{}", proxy.addr),
         messages: plan.messages,
+        transient_limit_ms: if plan.long { 120_000 } else { 30_000 },
     };
     let token = server.user_token("chaos");
     server.spawn();
