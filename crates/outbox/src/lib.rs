@@ -90,7 +90,9 @@
 //! `MAX(seq) + 1` back into `sessions`), and a commit that removes rows first brings the
 //! `sessions` rows of the sessions concerned up to date. The receiver should deduplicate by id (delivery is
 //! at-least-once: a crash between the receiver's 2xx and the local delete resends the
-//! batch) and may order a session by `seq`; a gap in `seq` is always explained by a drop
+//! batch, with the same ids and seqs; the crash-point tests stop a delivery before the send,
+//! after a lost answer and between the acknowledgement and the delete, and check that an
+//! id-deduplicating receiver ends up with every message exactly once) and may order a session by `seq`; a gap in `seq` is always explained by a drop
 //! notice.
 //!
 //! The flusher sends the oldest rows of one route at a time: at most `MSG_BATCH_MAX_SIZE`

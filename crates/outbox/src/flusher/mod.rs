@@ -205,6 +205,19 @@ pub(crate) struct Flusher {
     routes: HashMap<String, RouteState>,
     rng: StdRng,
     stop: watch::Receiver<Option<Timestamp>>,
+    /// Test hook: stop dead at this point of a delivery, as a killed process would.
+    #[cfg(test)]
+    pub(crate) crash_at: Option<CrashPoint>,
+}
+
+/// Where the crash-point tests stop a delivery.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CrashPoint {
+    /// The batch is loaded but not sent.
+    BeforeSend,
+    /// The receiver acknowledged the batch; the rows are not deleted yet.
+    AfterAck,
 }
 
 /// A part of a batch being delivered; parts are sent in order, and a part that is split
@@ -228,6 +241,8 @@ impl Flusher {
             routes: HashMap::new(),
             rng: schedule::rng(options.jitter_seed),
             stop,
+            #[cfg(test)]
+            crash_at: None,
         };
         flusher.recover_retry_times();
         flusher
@@ -401,6 +416,10 @@ impl Flusher {
         let mut parts: VecDeque<Part> = VecDeque::from([rows]);
         while let Some(part) = parts.pop_front() {
             let batch: Vec<ChatMessage> = part.iter().map(|r| r.message.clone()).collect();
+            #[cfg(test)]
+            if self.crash_at == Some(CrashPoint::BeforeSend) {
+                return Err(OutboxError::Storage("injected crash before send".into()));
+            }
             self.shared.batches_sent.fetch_add(1, Ordering::Relaxed);
             let outcome = tokio::select! {
                 r = sink.deliver(&batch) => r,
@@ -410,6 +429,10 @@ impl Flusher {
             };
             match outcome {
                 Ok(report) => {
+                    #[cfg(test)]
+                    if self.crash_at == Some(CrashPoint::AfterAck) {
+                        return Err(OutboxError::Storage("injected crash after ack".into()));
+                    }
                     self.shared
                         .receiver_duplicates
                         .fetch_add(report.duplicates, Ordering::Relaxed);

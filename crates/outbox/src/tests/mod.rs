@@ -1,5 +1,6 @@
 //! Unit tests that need the crate's internals (the commit-failure hook, the flusher step).
 
+mod crash_points;
 mod enqueue_in;
 mod group_commit;
 mod model;
