@@ -88,22 +88,7 @@ async fn a_queued_task_left_by_a_stopped_process_acquires_its_node_on_resume() {
 async fn a_delegated_task_gets_its_workspace_command_again_after_a_restart() {
     let h = Harness::new().await;
     let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
-    let queued = h
-        .runner
-        .run_now(NewTask {
-            project_id: h.project.id,
-            title: "Delegated then restarted".into(),
-            description: "the command died with the server".into(),
-            priority: 0,
-            vm_size_override: None,
-            agent_hint: None,
-        })
-        .await
-        .unwrap();
-    eventually("the task is delegated", || async {
-        task(&h, queued.id).await.status == TaskStatus::Delegated
-    })
-    .await;
+    let (queued, _) = delegated_task(&h, "Delegated then restarted").await;
     let before = task(&h, queued.id).await;
     let workspace = before.workspace_id.unwrap();
     assert_eq!(
@@ -153,22 +138,7 @@ async fn a_delegated_task_gets_its_workspace_command_again_after_a_restart() {
 async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
     let h = Harness::new().await;
     let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
-    let queued = h
-        .runner
-        .run_now(NewTask {
-            project_id: h.project.id,
-            title: "Completed, then the server stopped".into(),
-            description: "the destroy command died with the server".into(),
-            priority: 0,
-            vm_size_override: None,
-            agent_hint: None,
-        })
-        .await
-        .unwrap();
-    eventually("the task is delegated", || async {
-        task(&h, queued.id).await.status == TaskStatus::Delegated
-    })
-    .await;
+    let (queued, _) = delegated_task(&h, "Completed, then the server stopped").await;
     let t = task(&h, queued.id).await;
     let workspace = t.workspace_id.unwrap();
     // The node reports completion; the old process asks for the destroy and stops before

@@ -699,6 +699,12 @@ async fn tokens_are_listed_without_secrets_and_revoked_at_once() {
     let ci: Value = r.json().await.unwrap();
     let ci_secret = ci["token"].as_str().unwrap().to_owned();
     let ci_id = ci["id"].as_str().unwrap().to_owned();
+    let revoke = |token: &str, id: &str| {
+        s.http
+            .delete(s.url(&format!("/api/tokens/{id}")))
+            .bearer_auth(token)
+            .send()
+    };
 
     let list = |token: String| {
         let s = &s;
@@ -732,13 +738,7 @@ async fn tokens_are_listed_without_secrets_and_revoked_at_once() {
     );
 
     // Bob cannot revoke ann's token; it still works.
-    let r = s
-        .http
-        .delete(s.url(&format!("/api/tokens/{ci_id}")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
+    let r = revoke(&bob, &ci_id).await.unwrap();
     assert_eq!(error_code(r).await.0, 404);
     let me = |token: String| {
         let s = &s;
@@ -755,31 +755,13 @@ async fn tokens_are_listed_without_secrets_and_revoked_at_once() {
     assert_eq!(me(ci_secret.clone()).await, 200);
 
     // Ann revokes it: refused at once, and gone from the list.
-    let r = s
-        .http
-        .delete(s.url(&format!("/api/tokens/{ci_id}")))
-        .bearer_auth(&ann)
-        .send()
-        .await
-        .unwrap();
+    let r = revoke(&ann, &ci_id).await.unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(me(ci_secret).await, 401);
     assert!(!list(ann.clone()).await.contains(&ci_id));
-    let r = s
-        .http
-        .delete(s.url(&format!("/api/tokens/{ci_id}")))
-        .bearer_auth(&ann)
-        .send()
-        .await
-        .unwrap();
+    let r = revoke(&ann, &ci_id).await.unwrap();
     assert_eq!(error_code(r).await.0, 404);
-    let r = s
-        .http
-        .delete(s.url("/api/tokens/not-a-uuid"))
-        .bearer_auth(&ann)
-        .send()
-        .await
-        .unwrap();
+    let r = revoke(&ann, "not-a-uuid").await.unwrap();
     let (status, body) = error_code(r).await;
     assert_eq!(status, 400, "{body}");
 }
