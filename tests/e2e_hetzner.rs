@@ -337,6 +337,7 @@ async fn a_hetzner_project_runs_on_a_server_booted_from_cloud_init_which_is_dele
     assert_eq!(ann.ok("GET", &git_path, None).await["set"], false);
 
     // Run Now: a cold start on a new Hetzner server.
+    let run_now = Instant::now();
     let task = ann
         .ok(
             "POST",
@@ -352,6 +353,12 @@ async fn a_hetzner_project_runs_on_a_server_booted_from_cloud_init_which_is_dele
     })
     .await;
     assert_eq!(detail, "provisioning node…");
+    poll("the task to leave the queue", async || {
+        let t = ann.ok("GET", &task_path, None).await;
+        (t["status"] != "queued").then_some(())
+    })
+    .await;
+    let cold_start = run_now.elapsed();
     let done = poll("the task to end", async || {
         let t = ann.ok("GET", &task_path, None).await;
         ["completed", "failed", "cancelled"]
@@ -382,10 +389,18 @@ async fn a_hetzner_project_runs_on_a_server_booted_from_cloud_init_which_is_dele
             .then_some(())
     })
     .await;
+    let warm_at = Instant::now();
     poll("the server to be deleted at the fake", async || {
         fake.servers().is_empty().then_some(())
     })
     .await;
+    let deleted_after = warm_at.elapsed();
+    println!(
+        "hetzner e2e: cold start (Run Now to delegated, fake boot 1.5 s) {} ms; \
+         warm to deleted at the fake (warm timeout 4 s) {} ms",
+        cold_start.as_millis(),
+        deleted_after.as_millis()
+    );
     let node = poll("the node to be destroyed", async || {
         let n = ann.ok("GET", &node_path, None).await;
         (n["state"] == "destroyed").then_some(n)
