@@ -45,6 +45,8 @@
 //! - [`ws`]: the project WebSocket; [`live`] holds streaming text and fresh messages.
 //! - [`commands`]: per-node command queues behind the long poll, relayed across replicas.
 //! - [`runner`]: the task runner's server side (driver, workspace controller, node bootstrap).
+//! - [`credentials`]: stored credentials (sealed by the vault, checked with Hetzner when
+//!   saved) and the `hetzner` node provider that uses each owner's own token.
 //! - [`server`] and [`config`]: wiring from configuration, and graceful serving.
 //! - [`client`]: the operator CLI's client (`kiln task run`, `kiln task list`, `kiln node list`).
 

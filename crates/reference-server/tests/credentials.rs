@@ -220,3 +220,38 @@ async fn a_project_provider_must_be_one_the_server_enables() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn the_node_binary_is_refused_for_another_arch_and_missing_binaries_are_a_503() {
+    let s = TestServer::start().await;
+    let (ann, _) = s.user("ann").await;
+    let (node, node_token) = s.node(ann.id).await;
+    let url = |query: &str| s.url(&format!("/api/nodes/{}/binary{query}", node.id));
+    let r = s
+        .http
+        .get(url("?arch=sparc64"))
+        .bearer_auth(&node_token)
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_code(r).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (422, Some("unsupported_arch")),
+        "{err}"
+    );
+    // The test binary has no kiln-node next to it (and none is configured).
+    let r = s
+        .http
+        .get(url(&format!("?arch={}", std::env::consts::ARCH)))
+        .bearer_auth(&node_token)
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_code(r).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (503, Some("node_binary_missing")),
+        "{err}"
+    );
+}
