@@ -60,9 +60,7 @@ pub use node::NodeState;
 pub use provider::{
     NodeBootstrap, NodeProvider, NodeSpec, ProviderError, ProviderNodeStatus, ProvisionedNode,
 };
-pub use secret_store::{
-    SecretKey, SecretKind, SecretStore, SecretStoreExt, StoredSecret,
-};
+pub use secret_store::{SecretKey, SecretKind, SecretStore, SecretStoreExt, StoredSecret};
 pub use sink::{DeliveryReport, MessageSink, SinkError};
 pub use store::{
     ApiToken, Change, DestroyGuard, InsertOutcome, MessagePage, NodeQuery, NodeStore, SessionPatch,
