@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | [`MessageSink`] | where a node's chat messages are delivered | HTTP (kiln-outbox), a store, test sinks |
 //! | [`NodeProvider`] | where nodes come from | Hetzner, local processes, [`memory::MemoryProvider`] |
-//! | [`SessionStore`] (+ [`TaskStore`], [`NodeStore`]) | persistence | SQLite, PostgreSQL (kiln-backends), [`memory::MemoryStore`] |
+//! | [`SessionStore`] (+ [`TaskStore`], [`NodeStore`], [`UserStore`], [`SecretStore`]) | persistence | SQLite, PostgreSQL (kiln-backends), [`memory::MemoryStore`] |
 //! | [`LifecycleClock`] | time | [`SystemClock`], [`ManualClock`] |
 //!
 //! Library code never reads the wall clock and never decides an outcome outside the state
