@@ -44,7 +44,16 @@ const enc = encodeURIComponent;
 export const api = {
   me: () => request('GET', '/api/me'),
   logout: () => request('POST', '/api/logout'),
-  createToken: (name) => request('POST', '/api/tokens', { name }),
+  /** The user's API tokens and browser sessions: `{id, name, createdAt, expiresAt, current}`. */
+  tokens: () => request('GET', '/api/tokens'),
+  /** `{name, expiresInSecs?}`; the answer carries the secret (`token`), shown only here. */
+  createToken: (body) => request('POST', '/api/tokens', body),
+  revokeToken: (id) => request('DELETE', `/api/tokens/${enc(id)}`),
+  /** `{set, hint, setAt}`: the token itself is never answered. */
+  hetznerToken: () => request('GET', '/api/account/hetzner-token'),
+  /** Checked with the Hetzner API first: 422 invalid_token when it refuses the token. */
+  setHetznerToken: (token) => request('PUT', '/api/account/hetzner-token', { token }),
+  deleteHetznerToken: () => request('DELETE', '/api/account/hetzner-token'),
 
   projects: () => request('GET', '/api/projects'),
   project: (id) => request('GET', `/api/projects/${enc(id)}`),
@@ -104,11 +113,16 @@ export async function signInWithSecret(secret) {
   }
 }
 
+/** Forgets this browser's credentials (a pasted token's cookie; an HttpOnly session cookie stays, revoked). */
+export function forgetCredentials() {
+  localStorage.removeItem('kiln.pastedToken');
+  document.cookie = 'kiln_session=; Path=/; Max-Age=0';
+}
+
 /** Signs out: ends a browser session, or just forgets a pasted API token (never revokes it). */
 export async function signOut() {
   if (localStorage.getItem('kiln.pastedToken')) {
-    localStorage.removeItem('kiln.pastedToken');
-    document.cookie = 'kiln_session=; Path=/; Max-Age=0';
+    forgetCredentials();
   } else {
     try { await api.logout(); } catch { /* the session is gone either way */ }
   }

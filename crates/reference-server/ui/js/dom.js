@@ -57,6 +57,7 @@ const ICONS = {
   play: 'M6 4l14 8-14 8z',
   edit: 'M12 20h9M16.5 3.5a2.1 2.1 0 013 3L7 19l-4 1 1-4z',
   terminal: 'M4 17l6-6-6-6M12 19h8',
+  user: 'M20 21v-2a4 4 0 00-4-4H8a4 4 0 00-4 4v2M12 11a4 4 0 100-8 4 4 0 000 8z',
 };
 
 export function icon(name, label) {

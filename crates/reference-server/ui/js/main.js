@@ -1,13 +1,13 @@
 // Kiln's web UI: routing (by URL hash), the top bar, the theme, and global keys.
 //
 // Routes: #/ projects · #/new · #/p/:id (chat, latest session) · #/p/:id/s/:session ·
-// #/p/:id/board · #/p/:id/nodes · #/p/:id/edit · #/signin
+// #/p/:id/board · #/p/:id/nodes · #/p/:id/edit · #/account · #/signin
 
 import { api, onUnauthorized, signOut } from './api.js';
 import { h, icon, navigate, replace } from './dom.js';
 import { ProjectPage } from './project.js';
 import { projectForm, projectsPage } from './projects.js';
-import { signInPage } from './signin.js';
+import { accountPage, signInPage } from './signin.js';
 
 const app = document.getElementById('app');
 let me = null;
@@ -47,7 +47,10 @@ function renderTopbar() {
         'aria-label': dark ? 'Switch to light theme' : 'Switch to dark theme', title: 'Theme (t)',
         on: { click: toggleTheme },
       }, icon(dark ? 'sun' : 'moon')),
-      me ? h('span', { class: 'user', title: `Signed in as ${me.name}`, text: me.name }) : null,
+      me ? h('a', {
+        class: 'account-link', href: '#/account', title: `Account: signed in as ${me.name}`, 'aria-label': `Account (${me.name})`,
+        'aria-current': parse(location.hash).name === 'account' ? 'page' : undefined,
+      }, icon('user'), h('span', { class: 'user', text: me.name })) : null,
       me ? h('button', {
         class: 'btn ghost small', type: 'button', text: 'Sign out',
         on: { click: async () => { await signOut(); me = null; navigate('#/signin'); } },
@@ -59,6 +62,7 @@ function parse(hash) {
   const parts = hash.replace(/^#\/?/, '').split('/').filter(Boolean);
   if (parts[0] === 'signin') return { name: 'signin' };
   if (parts[0] === 'new') return { name: 'new-project' };
+  if (parts[0] === 'account') return { name: 'account' };
   if (parts[0] === 'p' && parts[1]) {
     const id = parts[1];
     if (parts[2] === 'edit') return { name: 'edit-project', id };
@@ -111,10 +115,11 @@ async function route() {
     renderTopbar();
     const page = r.name === 'new-project' ? await projectForm()
       : r.name === 'edit-project' ? await projectForm(r.id)
-        : await projectsPage();
+        : r.name === 'account' ? await accountPage(me)
+          : await projectsPage();
     if (ticket !== routing) return;
     replace(content, page);
-    document.title = 'Kiln';
+    document.title = r.name === 'account' ? 'Account · Kiln' : 'Kiln';
   } catch (err) {
     if (ticket !== routing || err.status === 401) return;
     closeProject();
