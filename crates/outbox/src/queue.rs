@@ -137,6 +137,7 @@ impl WriteQueue {
     /// is in it: the queue was empty when it found the writer idle) and hands anything newer
     /// to the writer thread.
     fn commit_queued(&self, who: Committer) {
+        let _closes_on_panic = ClosesOnPanic(self);
         let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             let group = {
@@ -194,5 +195,23 @@ impl WriteQueue {
         }
         s.gather_target = 0;
         s
+    }
+}
+
+/// If a commit panics (on a producer's thread or the writer thread), the outbox closes:
+/// every queued call is answered [`OutboxError::Closed`] (its reply channel is dropped) and
+/// later calls fail at once, instead of waiting forever behind a committer that is gone.
+struct ClosesOnPanic<'a>(&'a WriteQueue);
+
+impl Drop for ClosesOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut s = self.0.state();
+            s.closed = true;
+            s.busy = false;
+            s.queue.clear();
+            self.0.to_thread.notify_one();
+            self.0.arrived.notify_all();
+        }
     }
 }
