@@ -16,6 +16,7 @@ use kiln_core::{
 };
 
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The name projects and nodes use for Hetzner Cloud.
 pub const HETZNER: &str = "hetzner";
@@ -128,19 +129,35 @@ impl Credentials {
     }
 }
 
-/// Refuses to run a task of `project` whose provider needs a credential its owner has not
-/// stored: a 409 that says where to set it.
+/// Refuses to start work (a task run, a chat) of `project` when this server does not enable
+/// its provider (`409 provider_disabled`), or when the provider needs a credential its owner
+/// has not stored (`409 no_provider_credentials`, saying where to set it).
 ///
 /// # Errors
 /// As described; store failures.
-pub async fn require_provider_credentials(
-    store: &dyn Store,
-    project: &Project,
-) -> Result<(), ApiError> {
+pub async fn require_runnable(state: &AppState, project: &Project) -> Result<(), ApiError> {
+    if !state
+        .settings
+        .providers
+        .iter()
+        .any(|p| *p == project.provider)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "provider_disabled",
+            format!(
+                "this project's node provider {:?} is not enabled on this server (enabled: {}); \
+                 change the project's provider",
+                project.provider,
+                state.settings.providers.join(", ")
+            ),
+        ));
+    }
     if project.provider != HETZNER {
         return Ok(());
     }
-    let token = store
+    let token = state
+        .store
         .effective_secret(project.owner, None, SecretKind::HetznerToken)
         .await?;
     if token.is_none() {

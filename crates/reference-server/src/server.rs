@@ -185,12 +185,12 @@ pub async fn assemble(
         }
     };
     let default = by_name(config.providers.first().map_or("local", String::as_str));
-    let mut pool = WarmPool::new(store.clone(), default, clock.clone(), config.pool.clone())
+    // Both are always known to the pool, so nodes made under an earlier configuration keep
+    // being expired and deleted; projects may choose only the enabled ones.
+    let pool = WarmPool::new(store.clone(), default, clock.clone(), config.pool.clone())
         .with_bootstrap(Arc::new(bootstrap))
-        .with_provider(provider.clone());
-    if config.providers.iter().any(|p| p == HETZNER) {
-        pool = pool.with_provider(fleet.clone());
-    }
+        .with_provider(provider.clone())
+        .with_provider(fleet.clone());
     let providers = config
         .providers
         .iter()

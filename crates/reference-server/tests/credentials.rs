@@ -5,7 +5,7 @@
 mod common;
 
 use common::{TestServer, error_code};
-use kiln_core::{SecretKey, SecretKind, SecretStore};
+use kiln_core::{SecretKey, SecretKind, SecretStore, SessionStore};
 use serde_json::{Value, json};
 
 const GIT_TOKEN: &str = "ghp_credentialTestToken0123456789abcd";
@@ -219,6 +219,40 @@ async fn a_project_provider_must_be_one_the_server_enables() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+
+    // A project whose provider this server does not enable (made under another
+    // configuration) runs nothing: Run Now is refused and nothing is stored.
+    let stale = kiln_core::Project {
+        id: kiln_core::ProjectId::new(),
+        provider: "hetzner".into(),
+        ..p.clone()
+    };
+    s.store.create_project(&stale).await.unwrap();
+    let r = s
+        .http
+        .post(s.url(&format!("/api/projects/{}/tasks", stale.id)))
+        .bearer_auth(&token)
+        .json(&json!({"description": "go", "runNow": true}))
+        .send()
+        .await
+        .unwrap();
+    let (status, err) = error_code(r).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (409, Some("provider_disabled")),
+        "{err}"
+    );
+    let tasks: Value = s
+        .http
+        .get(s.url(&format!("/api/projects/{}/tasks", stale.id)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(tasks, json!([]));
 }
 
 #[tokio::test]

@@ -135,7 +135,7 @@ pub(crate) async fn open(
         check_prompt(prompt, "prompt")?;
     }
     // Like Run Now: refused before anything is stored.
-    crate::credentials::require_provider_credentials(state.store.as_ref(), &project).await?;
+    crate::credentials::require_runnable(&state, &project).await?;
     let session = state
         .driver
         .open_chat(NewChat {

@@ -13,7 +13,7 @@ use kiln_core::{
 use serde::Deserialize;
 
 use crate::auth::CurrentUser;
-use crate::credentials::require_provider_credentials;
+use crate::credentials::require_runnable;
 use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, parse_id};
 use crate::state::AppState;
 
@@ -98,7 +98,7 @@ pub(crate) async fn create(
     check_description(&body.description)?;
     if body.run_now {
         // Refused before anything is stored: a refused Run Now leaves no draft behind.
-        require_provider_credentials(state.store.as_ref(), &project).await?;
+        require_runnable(&state, &project).await?;
     }
     let title = match body.title.as_deref().map(str::trim) {
         Some("") => return Err(invalid("title must not be empty")),
@@ -290,7 +290,7 @@ fn conflict_as_changed(err: StoreError) -> ApiError {
 /// A task of a project whose provider needs a credential runs only once it is stored.
 async fn check_credentials(state: &AppState, task: &Task) -> ApiResult<()> {
     let project = state.owned_project(task.owner, task.project_id).await?;
-    require_provider_credentials(state.store.as_ref(), &project).await
+    require_runnable(&state, &project).await
 }
 
 pub(crate) async fn run(
