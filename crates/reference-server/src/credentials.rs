@@ -136,12 +136,7 @@ impl Credentials {
 /// # Errors
 /// As described; store failures.
 pub async fn require_runnable(state: &AppState, project: &Project) -> Result<(), ApiError> {
-    if !state
-        .settings
-        .providers
-        .iter()
-        .any(|p| *p == project.provider)
-    {
+    if !state.settings.providers.contains(&project.provider) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "provider_disabled",

@@ -287,10 +287,10 @@ fn conflict_as_changed(err: StoreError) -> ApiError {
     }
 }
 
-/// A task of a project whose provider needs a credential runs only once it is stored.
+/// A task runs only on an enabled provider, with the credential it needs stored.
 async fn check_credentials(state: &AppState, task: &Task) -> ApiResult<()> {
     let project = state.owned_project(task.owner, task.project_id).await?;
-    require_runnable(&state, &project).await
+    require_runnable(state, &project).await
 }
 
 pub(crate) async fn run(
