@@ -291,6 +291,19 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         project: ProjectId,
         query: &SessionQuery,
     ) -> Result<Vec<ChatSession>, StoreError>;
+    /// Chat sessions without a task, of every project and owner, whose status is one of
+    /// `statuses`, oldest first: the task runner's scan for chats a stopped process left
+    /// starting. The default answers [`StoreError::Unsupported`]; every Kiln store
+    /// implements it.
+    async fn list_chats_by_status(
+        &self,
+        statuses: &[SessionStatus],
+    ) -> Result<Vec<ChatSession>, StoreError> {
+        let _ = statuses;
+        Err(StoreError::Unsupported {
+            message: "list_chats_by_status".to_owned(),
+        })
+    }
     /// Changes a session's status, workspace or topic; returns the updated session.
     async fn update_session(
         &self,
@@ -494,6 +507,7 @@ forward! {
         fn create_session(&self, session: &ChatSession) -> Result<(), StoreError>;
         fn get_session(&self, id: SessionId) -> Result<Option<ChatSession>, StoreError>;
         fn list_sessions(&self, project: ProjectId, query: &SessionQuery) -> Result<Vec<ChatSession>, StoreError>;
+        fn list_chats_by_status(&self, statuses: &[SessionStatus]) -> Result<Vec<ChatSession>, StoreError>;
         fn update_session(&self, id: SessionId, patch: &SessionPatch, now: Timestamp) -> Result<ChatSession, StoreError>;
         fn insert_messages(&self, messages: &[ChatMessage], now: Timestamp) -> Result<InsertOutcome, StoreError>;
         fn list_messages(&self, session: SessionId, page: MessagePage) -> Result<Vec<StoredMessage>, StoreError>;

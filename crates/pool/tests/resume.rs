@@ -1,14 +1,19 @@
-//! A restarted runner picks up the `queued` and `delegated` runs its predecessor left.
+//! A restarted runner picks up the `queued` and `delegated` runs and the `pending` chats its
+//! predecessor left.
 
 mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, eventually};
-use kiln_core::{MessageId, Task, TaskId, TaskStatus, TaskStore, WorkspaceStatus};
+use common::{Harness, eventually, settle};
+use kiln_core::{
+    ChatMessage, ChatSession, MessageId, NodeQuery, NodeState, NodeStore, Role, SessionId,
+    SessionStatus, SessionStore, Task, TaskId, TaskStatus, TaskStore, VmSize, WorkspaceQuery,
+    WorkspaceStatus,
+};
 use kiln_pool::memory::{MemoryWorkspaces, simulate_node_boots};
-use kiln_pool::{NewTask, Resumed, Settings, TaskRunner};
+use kiln_pool::{NewChat, NewTask, Resumed, Settings, TaskRunner, chat_claim};
 
 async fn task(h: &Harness, id: TaskId) -> Task {
     h.store.get_task(id).await.unwrap().unwrap()
@@ -264,4 +269,278 @@ async fn a_hello_without_a_running_workspace_fails_its_task_and_settles_destroys
         h.store.get_workspace(ws).await.unwrap().unwrap().status,
         WorkspaceStatus::Destroyed
     );
+}
+
+/// A chat stored `pending` with its first prompt by a process that stopped before asking
+/// for its workspace (while its node was being acquired).
+async fn stranded_chat(h: &Harness, prompt: &str) -> (ChatSession, MessageId) {
+    let now = h.now();
+    let session = ChatSession {
+        id: SessionId::new(),
+        project_id: h.project.id,
+        owner: h.owner,
+        task_id: None,
+        workspace_id: None,
+        topic: None,
+        status: SessionStatus::Pending,
+        message_count: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    h.store.create_session(&session).await.unwrap();
+    let message = ChatMessage {
+        id: MessageId::new(),
+        session_id: session.id,
+        role: Role::User,
+        content: prompt.into(),
+        tool: None,
+        seq: None,
+        created_at: now,
+    };
+    h.store
+        .insert_messages(std::slice::from_ref(&message), now)
+        .await
+        .unwrap();
+    (session, message.id)
+}
+
+async fn chat_session(h: &Harness, id: SessionId) -> ChatSession {
+    h.store.get_session(id).await.unwrap().unwrap()
+}
+
+/// The owner's nodes that are not gone.
+async fn live_nodes(h: &Harness) -> Vec<kiln_core::Node> {
+    h.store
+        .list_nodes(&NodeQuery {
+            owner: Some(h.owner),
+            states: vec![NodeState::Provisioning, NodeState::Active, NodeState::Warm],
+            ..NodeQuery::default()
+        })
+        .await
+        .unwrap()
+}
+
+/// The owner's workspaces, of any status.
+async fn all_workspaces(h: &Harness) -> Vec<kiln_core::Workspace> {
+    h.store
+        .list_workspaces(&WorkspaceQuery {
+            owner: Some(h.owner),
+            ..WorkspaceQuery::default()
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_pending_chat_left_without_a_workspace_is_started_on_resume() {
+    let h = Harness::new().await;
+    let (chat, prompt) = stranded_chat(&h, "What does this repository do?").await;
+    let (runner, workspaces) = restarted(&h);
+    let _boots = simulate_node_boots(runner.pool().clone(), Duration::ZERO).await;
+
+    let resumed = runner.resume().await.unwrap();
+    assert_eq!(
+        resumed,
+        Resumed {
+            chats: 1,
+            ..Resumed::default()
+        }
+    );
+    eventually("the resumed chat has its workspace", || async {
+        chat_session(&h, chat.id).await.workspace_id.is_some()
+    })
+    .await;
+    let session = chat_session(&h, chat.id).await;
+    assert_eq!(
+        session.status,
+        SessionStatus::Pending,
+        "until the agent is up"
+    );
+    let requests = workspaces.created();
+    assert_eq!(requests.len(), 1, "one workspace for the resumed chat");
+    let r = &requests[0];
+    assert_eq!((r.task_id, r.branch.as_deref()), (None, None));
+    assert_eq!(r.session_id, chat.id);
+    assert_eq!(Some(r.workspace_id), session.workspace_id);
+    assert_eq!(r.repository_url, h.project.repository_url);
+    // The stored first prompt goes along; the agent hint is not stored (default agent).
+    assert_eq!(r.prompt.as_ref().unwrap().message_id, prompt);
+    assert_eq!(r.agent_hint, None);
+    // Its node: claimed by the chat, of the project's default size (the size asked for
+    // is not stored either).
+    let node = h.store.get_node(r.node_id).await.unwrap().unwrap();
+    assert_eq!(node.claimed_by, Some(chat_claim(chat.id)));
+    assert_eq!(node.size, h.project.default_vm_size);
+
+    // The agent comes up: the chat is active like any other.
+    runner.agent_started(r.workspace_id, None).await.unwrap();
+    assert_eq!(
+        chat_session(&h, chat.id).await.status,
+        SessionStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_chat_uses_the_node_already_claimed_for_it() {
+    let h = Harness::new().await;
+    let _old_boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let (chat, _) = stranded_chat(&h, "Hello").await;
+    // The old process got the chat's node, then stopped before asking for the workspace.
+    let claimed = h
+        .pool
+        .acquire(h.owner, VmSize::Medium, None, chat_claim(chat.id))
+        .await
+        .unwrap()
+        .node;
+    assert_eq!(live_nodes(&h).await.len(), 1);
+
+    let (runner, workspaces) = restarted(&h);
+    let _boots = simulate_node_boots(runner.pool().clone(), Duration::ZERO).await;
+    assert_eq!(runner.resume().await.unwrap().chats, 1);
+    eventually("the resumed chat has its workspace", || async {
+        chat_session(&h, chat.id).await.workspace_id.is_some()
+    })
+    .await;
+    let requests = workspaces.created();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].node_id, claimed.id, "the node already claimed");
+    let nodes = live_nodes(&h).await;
+    assert_eq!(
+        nodes.iter().map(|n| n.id).collect::<Vec<_>>(),
+        vec![claimed.id],
+        "no second node"
+    );
+    assert_eq!(nodes[0].state, NodeState::Active);
+}
+
+#[tokio::test]
+async fn a_chat_whose_workspace_is_still_creating_gets_its_command_again() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let opened = h
+        .runner
+        .open_chat_inline(NewChat {
+            project_id: h.project.id,
+            vm_size: None,
+            prompt: Some("Explain the build".into()),
+            agent_hint: Some("claude".into()),
+        })
+        .await
+        .unwrap();
+    let workspace = opened.workspace_id.unwrap();
+    let first = h.nodes.created();
+    assert_eq!(first.len(), 1);
+
+    // The command was in the old process's memory; the new one sends it again.
+    let (runner, workspaces) = restarted(&h);
+    let resumed = runner.resume().await.unwrap();
+    assert_eq!(
+        resumed,
+        Resumed {
+            chats: 1,
+            ..Resumed::default()
+        }
+    );
+    let requests = workspaces.created();
+    assert_eq!(requests.len(), 1);
+    let r = &requests[0];
+    assert_eq!(r.workspace_id, workspace);
+    assert_eq!(r.node_id, first[0].node_id);
+    assert_eq!((r.task_id, r.branch.as_deref()), (None, None));
+    assert_eq!(r.session_id, opened.id);
+    assert_eq!(r.prompt, first[0].prompt, "the same first prompt, same id");
+    assert_eq!(
+        r.agent_hint, None,
+        "the hint is not stored: the default agent"
+    );
+    // Nothing else moved: one workspace, one node.
+    assert_eq!(all_workspaces(&h).await.len(), 1);
+    assert_eq!(live_nodes(&h).await.len(), 1);
+
+    // Once the agent runs, there is nothing left to resend.
+    runner.agent_started(workspace, None).await.unwrap();
+    let (again, workspaces) = restarted(&h);
+    assert_eq!(again.resume().await.unwrap(), Resumed::default());
+    assert!(workspaces.created().is_empty());
+}
+
+#[tokio::test]
+async fn a_closed_chat_is_not_resumed() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    // Cut off before its workspace, then closed; and one closed while creating.
+    let (stranded, _) = stranded_chat(&h, "Never mind").await;
+    h.runner.close_chat(stranded.id).await.unwrap();
+    let opened = h
+        .runner
+        .open_chat_inline(NewChat {
+            project_id: h.project.id,
+            vm_size: None,
+            prompt: None,
+            agent_hint: None,
+        })
+        .await
+        .unwrap();
+    h.nodes
+        .set_destroy_progress(kiln_pool::DestroyProgress::Requested);
+    h.runner.close_chat(opened.id).await.unwrap();
+    let nodes_before = live_nodes(&h).await;
+
+    let (runner, workspaces) = restarted(&h);
+    let _restarted_boots = simulate_node_boots(runner.pool().clone(), Duration::ZERO).await;
+    let resumed = runner.resume().await.unwrap();
+    assert_eq!(resumed.chats, 0, "{resumed:?}");
+    assert!(workspaces.created().is_empty());
+    for id in [stranded.id, opened.id] {
+        let session = chat_session(&h, id).await;
+        assert_eq!(session.status, SessionStatus::Closed);
+    }
+    assert_eq!(chat_session(&h, stranded.id).await.workspace_id, None);
+    // The closed chat's destroy is resent (its node may go warm), but no node is acquired.
+    let ids = |nodes: Vec<kiln_core::Node>| nodes.into_iter().map(|n| n.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(live_nodes(&h).await),
+        ids(nodes_before),
+        "no node acquired"
+    );
+}
+
+#[tokio::test]
+async fn resuming_a_pending_chat_twice_starts_one_workspace() {
+    let h = Harness::new().await;
+    let (chat, _) = stranded_chat(&h, "Twice").await;
+    let (runner, workspaces) = restarted(&h);
+    let _boots = simulate_node_boots(runner.pool().clone(), Duration::ZERO).await;
+
+    // Back to back, while the first start may still be acquiring its node.
+    let first = runner.resume().await.unwrap();
+    let second = runner.resume().await.unwrap();
+    assert_eq!(first.chats, 1);
+    assert!(second.chats <= 1, "{second:?}");
+    eventually("the resumed chat has its workspace", || async {
+        chat_session(&h, chat.id).await.workspace_id.is_some()
+    })
+    .await;
+    // Another replica starting now finds the workspace creating and only resends it.
+    let (replica, replica_workspaces) = restarted(&h);
+    assert_eq!(replica.resume().await.unwrap().chats, 1);
+    settle().await;
+    let workspace = chat_session(&h, chat.id).await.workspace_id.unwrap();
+    let stored = all_workspaces(&h).await;
+    assert_eq!(
+        stored.iter().map(|w| w.id).collect::<Vec<_>>(),
+        vec![workspace],
+        "one workspace for the chat"
+    );
+    assert!(
+        workspaces
+            .created()
+            .iter()
+            .chain(replica_workspaces.created().iter())
+            .all(|r| r.workspace_id == workspace)
+    );
+    assert_eq!(replica_workspaces.created().len(), 1);
+    let nodes = live_nodes(&h).await;
+    assert_eq!(nodes.len(), 1, "one node for the chat: {nodes:?}");
+    assert_eq!(nodes[0].claimed_by, Some(chat_claim(chat.id)));
 }

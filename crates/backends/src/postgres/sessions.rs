@@ -6,8 +6,8 @@ use async_trait::async_trait;
 use futures::stream::BoxStream;
 use kiln_core::{
     ChatMessage, ChatSession, InsertOutcome, MessageId, MessagePage, Project, ProjectId, SessionId,
-    SessionPatch, SessionQuery, SessionStore, StoreError, StoreEvent, StoredMessage, Timestamp,
-    UserId,
+    SessionPatch, SessionQuery, SessionStatus, SessionStore, StoreError, StoreEvent, StoredMessage,
+    Timestamp, UserId,
 };
 use sqlx::{AssertSqlSafe, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
@@ -158,6 +158,30 @@ impl SessionStore for PostgresStore {
         if let Some(limit) = query.limit {
             sql.push(" LIMIT ").push_bind(i64::from(limit));
         }
+        sql.build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?
+            .iter()
+            .map(rows::session)
+            .collect()
+    }
+
+    async fn list_chats_by_status(
+        &self,
+        statuses: &[SessionStatus],
+    ) -> Result<Vec<ChatSession>, StoreError> {
+        if statuses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {SESSION_COLUMNS} FROM chat_sessions WHERE task_id IS NULL AND status IN ("
+        ));
+        let mut list = sql.separated(", ");
+        for status in statuses {
+            list.push_bind(status.as_str());
+        }
+        sql.push(") ORDER BY created_at, id");
         sql.build()
             .fetch_all(&self.pool)
             .await

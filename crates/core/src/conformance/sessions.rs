@@ -165,6 +165,64 @@ pub async fn sessions_list_newest_first_and_filter_by_task(store: Arc<dyn Store>
     assert_eq!(store.get_session(second.id).await.unwrap(), Some(second));
 }
 
+/// `list_chats_by_status` finds the chats without a task of every project in the given
+/// statuses, oldest first; task sessions are never listed (the runner's resume scan).
+pub async fn chats_list_by_status_across_projects(store: Arc<dyn Store>) {
+    let a = Fixture::new(store.clone()).await;
+    let b = Fixture::new(store.clone()).await;
+    let pending = SessionPatch {
+        status: Some(SessionStatus::Pending),
+        ..SessionPatch::default()
+    };
+    let chat_b = b.session(None).await;
+    store
+        .update_session(chat_b.id, &pending, b.now())
+        .await
+        .unwrap();
+    a.advance(Duration::from_secs(5));
+    let chat_a = a.session(None).await;
+    store
+        .update_session(chat_a.id, &pending, a.now())
+        .await
+        .unwrap();
+    let active_a = a.session(None).await;
+    let task = a.task("t", 0, TaskStatus::Queued);
+    store.create_task(&task).await.unwrap();
+    let of_task = a.session(Some(task.id)).await;
+    store
+        .update_session(of_task.id, &pending, a.now())
+        .await
+        .unwrap();
+    let ours = [chat_b.id, chat_a.id, active_a.id, of_task.id];
+    let found: Vec<SessionId> = store
+        .list_chats_by_status(&[SessionStatus::Pending])
+        .await
+        .expect("list_chats_by_status")
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert_eq!(
+        found,
+        vec![chat_b.id, chat_a.id],
+        "pending chats of both projects, oldest first; no task session, no other status"
+    );
+    let both: Vec<SessionId> = store
+        .list_chats_by_status(&[SessionStatus::Pending, SessionStatus::Active])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .filter(|id| ours.contains(id))
+        .collect();
+    assert_eq!(both.len(), 3, "{both:?}");
+    assert!(
+        !both.contains(&of_task.id),
+        "a task's session is not a chat"
+    );
+    assert!(store.list_chats_by_status(&[]).await.unwrap().is_empty());
+}
+
 /// A session patch changes only the fields it names, and moves updated_at.
 pub async fn session_patches_change_only_what_they_name(store: Arc<dyn Store>) {
     let f = Fixture::new(store.clone()).await;

@@ -9,8 +9,8 @@ use tokio::sync::broadcast;
 use crate::clock::Timestamp;
 use crate::ids::{MessageId, NodeId, ProjectId, SessionId, TaskId, UserId, WorkspaceId};
 use crate::model::{
-    ChatMessage, ChatSession, Node, Project, Role, StoredMessage, Task, User, VmSize, Workspace,
-    topic_from_message,
+    ChatMessage, ChatSession, Node, Project, Role, SessionStatus, StoredMessage, Task, User,
+    VmSize, Workspace, topic_from_message,
 };
 use crate::node::NodeState;
 use crate::secret_store::{SecretKey, SecretKind, SecretStore, StoredSecret};
@@ -177,6 +177,20 @@ impl SessionStore for MemoryStore {
             v.truncate(limit as usize);
         }
         Ok(v)
+    }
+
+    async fn list_chats_by_status(
+        &self,
+        statuses: &[SessionStatus],
+    ) -> Result<Vec<ChatSession>, StoreError> {
+        let s = self.lock();
+        Ok(sorted(
+            s.sessions
+                .values()
+                .filter(|c| c.task_id.is_none() && statuses.contains(&c.status))
+                .cloned(),
+            |c| (c.created_at, c.id),
+        ))
     }
 
     async fn update_session(

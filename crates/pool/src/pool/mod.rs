@@ -351,11 +351,66 @@ impl WarmPool {
     ) -> Result<Acquired, Error> {
         let started = self.clock.now();
         self.ensure_feed().await;
-        let mut changes = self.signals.subscribe();
+        let changes = self.signals.subscribe();
         let node = self
             .provision(provider, owner, size, location, Some(task))
             .await?;
         tracing::info!(node = %node.id, %task, "provisioning a node (no warm node to claim)");
+        self.await_ready(&node, task, started, changes).await
+    }
+
+    /// The node `claim` already holds, if any: one a stopped process claimed or provisioned
+    /// for it before it could use it. An active node is returned as is; a provisioning one
+    /// (asked of its provider) is waited for like [`provision_for`](Self::provision_for)
+    /// waits. `None` when the claim holds no usable node, so the caller acquires one as
+    /// usual and no second node is provisioned for a claim that already has one.
+    pub async fn claimed_for(
+        &self,
+        owner: UserId,
+        claim: TaskId,
+    ) -> Result<Option<Acquired>, Error> {
+        let started = self.clock.now();
+        self.ensure_feed().await;
+        let changes = self.signals.subscribe();
+        let held = self
+            .store
+            .list_nodes(&NodeQuery {
+                owner: Some(owner),
+                states: vec![NodeState::Active, NodeState::Provisioning],
+                ..NodeQuery::default()
+            })
+            .await?
+            .into_iter()
+            .filter(|n| n.claimed_by == Some(claim))
+            // Active first; a provisioning row the provider never heard of will not boot.
+            .filter(|n| n.state == NodeState::Active || n.provider_id.is_some())
+            .min_by_key(|n| n.state != NodeState::Active);
+        let Some(node) = held else {
+            return Ok(None);
+        };
+        if node.state == NodeState::Active {
+            tracing::info!(node = %node.id, %claim, "reusing the node already claimed");
+            return Ok(Some(Acquired {
+                node,
+                source: AcquireSource::Warm,
+                waited: Duration::ZERO,
+            }));
+        }
+        tracing::info!(node = %node.id, %claim, "waiting for the node already provisioning for the claim");
+        self.await_ready(&node, claim, started, changes)
+            .await
+            .map(Some)
+    }
+
+    /// Waits until the provisioning `node` reports ready (at most
+    /// [`Settings::provisioning_timeout`] from `started`).
+    async fn await_ready(
+        &self,
+        node: &Node,
+        task: TaskId,
+        started: Timestamp,
+        mut changes: watch::Receiver<u64>,
+    ) -> Result<Acquired, Error> {
         let timeout = self.settings().provisioning_timeout;
         let deadline = add_duration(started, timeout);
         loop {

@@ -11,9 +11,9 @@
 
 use kiln_core::protocol::Prompt;
 use kiln_core::{
-    Change, ChatMessage, ChatSession, MessageId, NodeId, NodeQuery, NodeState, ProjectId, Role,
-    SessionId, SessionPatch, SessionStatus, TaskId, VmSize, Workspace, WorkspaceId, WorkspaceQuery,
-    WorkspaceStatus,
+    Change, ChatMessage, ChatSession, MessageId, MessagePage, NodeId, NodeQuery, NodeState,
+    ProjectId, Role, SessionId, SessionPatch, SessionStatus, TaskId, VmSize, Workspace,
+    WorkspaceId, WorkspaceQuery, WorkspaceStatus,
 };
 
 use super::TaskRunner;
@@ -208,15 +208,20 @@ impl TaskRunner {
         let pool = &self.inner.pool;
         let location = pool.settings().location;
         let claim = chat_claim(session.id);
-        let warm = pool
-            .claim_warm(&provider, session.owner, size, location.as_deref(), claim)
-            .await;
-        let acquired = match warm {
+        // A node already claimed for the chat (a resumed start) is used; else warm, else new.
+        let acquired = match pool.claimed_for(session.owner, claim).await {
             Ok(Some(acquired)) => Ok(acquired),
-            Ok(None) => {
-                pool.provision_for(&provider, session.owner, size, location.as_deref(), claim)
-                    .await
-            }
+            Ok(None) => match pool
+                .claim_warm(&provider, session.owner, size, location.as_deref(), claim)
+                .await
+            {
+                Ok(Some(acquired)) => Ok(acquired),
+                Ok(None) => {
+                    pool.provision_for(&provider, session.owner, size, location.as_deref(), claim)
+                        .await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         let acquired = match acquired {
@@ -231,8 +236,16 @@ impl TaskRunner {
             }
         };
         let node = acquired.node.id;
-        if self.session(session.id).await?.status == SessionStatus::Closed {
+        let current = self.session(session.id).await?;
+        if current.status == SessionStatus::Closed {
             tracing::info!(session = %session.id, %node, "chat closed before its node came; releasing the node");
+            self.inner.pool.release(node).await?;
+            return Ok(());
+        }
+        if current.workspace_id.is_some() {
+            // Another start (another replica's resume) attached its workspace first; the
+            // node goes back unless that workspace is on it (a busy node stays).
+            tracing::info!(session = %session.id, %node, "chat already has a workspace; not starting another");
             self.inner.pool.release(node).await?;
             return Ok(());
         }
@@ -296,6 +309,102 @@ impl TaskRunner {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Carries on a chat a stopped process left `pending` (see the resume module docs):
+    /// with no workspace yet, its node is acquired again (the node already claimed for it,
+    /// if any) and its workspace started in the background, as [`open_chat`](Self::open_chat)
+    /// does; with a workspace still `creating`, the create-workspace command is sent again.
+    ///
+    /// The chat's agent hint and machine size are not stored: a resumed chat runs the
+    /// default agent, on the node already claimed for it or else on one of the project's
+    /// default size.
+    pub(super) async fn resume_chat(&self, session: ChatSession) -> Result<bool, Error> {
+        if session.task_id.is_some() || session.status != SessionStatus::Pending {
+            return Ok(false);
+        }
+        let project = self
+            .store()
+            .get_project(session.project_id)
+            .await?
+            .ok_or_else(|| Error::not_found("project", session.project_id))?;
+        let prompt = self.first_prompt(session.id).await?;
+        let Some(workspace_id) = session.workspace_id else {
+            let first = self
+                .inner
+                .resuming_chats
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(session.id);
+            if !first {
+                return Ok(false);
+            }
+            tracing::info!(session = %session.id, "resuming a pending chat: acquiring its node again");
+            let start = ChatStart {
+                repository_url: project.repository_url,
+                provider: project.provider,
+                size: project.default_vm_size,
+                prompt,
+                agent_hint: None,
+                session,
+            };
+            let runner = self.clone();
+            tokio::spawn(async move {
+                let id = start.session.id;
+                if let Err(e) = runner.start_chat(start).await {
+                    tracing::warn!(session = %id, error = %e, "resumed chat start stopped on an error");
+                }
+                runner
+                    .inner
+                    .resuming_chats
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&id);
+            });
+            return Ok(true);
+        };
+        let Some(workspace) = self.store().get_workspace(workspace_id).await? else {
+            return Ok(false);
+        };
+        if workspace.status != WorkspaceStatus::Creating {
+            return Ok(false);
+        }
+        let request = WorkspaceRequest {
+            node_id: workspace.node_id,
+            workspace_id,
+            project_id: session.project_id,
+            task_id: None,
+            session_id: session.id,
+            repository_url: project.repository_url,
+            branch: None,
+            prompt,
+            agent_hint: None,
+        };
+        tracing::info!(session = %session.id, node = %workspace.node_id, workspace = %workspace_id, "resuming a pending chat: sending its workspace command again");
+        self.inner.workspaces.create_workspace(&request).await?;
+        Ok(true)
+    }
+
+    /// The chat's first prompt: its oldest message, when the user wrote it.
+    async fn first_prompt(&self, session: SessionId) -> Result<Option<Prompt>, Error> {
+        let oldest = self
+            .store()
+            .list_messages(
+                session,
+                MessagePage::After {
+                    cursor: 0,
+                    limit: 1,
+                },
+            )
+            .await?;
+        Ok(oldest
+            .into_iter()
+            .next()
+            .filter(|m| m.message.role == Role::User)
+            .map(|m| Prompt {
+                message_id: m.message.id,
+                text: m.message.content,
+            }))
     }
 
     /// Closes a chat without a task: the session is closed (read-only), its workspace

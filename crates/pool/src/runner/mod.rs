@@ -63,13 +63,19 @@ pub struct TaskRunner {
 struct Inner {
     pool: Arc<WarmPool>,
     workspaces: Arc<dyn WorkspaceController>,
+    /// Chats whose resumed start runs in this process (a second resume leaves them be).
+    resuming_chats: std::sync::Mutex<std::collections::HashSet<kiln_core::SessionId>>,
 }
 
 impl TaskRunner {
     /// A runner over the pool's store and clock.
     pub fn new(pool: Arc<WarmPool>, workspaces: Arc<dyn WorkspaceController>) -> Self {
         Self {
-            inner: Arc::new(Inner { pool, workspaces }),
+            inner: Arc::new(Inner {
+                pool,
+                workspaces,
+                resuming_chats: std::sync::Mutex::default(),
+            }),
         }
     }
 

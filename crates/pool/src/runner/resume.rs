@@ -12,13 +12,20 @@
 //! - a `delegated` task whose workspace is still `creating` gets its create-workspace command
 //!   again (commands wait in server memory and are lost with it). The agent host applies a
 //!   workspace's create command once, so a copy that did arrive before the stop is harmless.
+//! - a chat without a task left `pending` carries on the same way: with no workspace yet,
+//!   it acquires its node again — the node already claimed for it
+//!   ([`chat_claim`](super::chat_claim)) if there is one, so no second node is provisioned
+//!   — and starts its workspace; with a workspace still `creating`, it gets its
+//!   create-workspace command again. A chat's agent hint (and machine size) is not stored,
+//!   so a resumed chat runs the default agent (on the project's default size when no node
+//!   was claimed for it yet).
 //! - a workspace left `destroying` gets its destroy command again, so its node is released
 //!   once the node reports it gone (instead of waiting for the node's maximum lifetime).
 //!
 //! Whatever cannot be resumed is left to the transient-state limits of
 //! [`tick`](TaskRunner::tick), which fail the task with a reason.
 
-use kiln_core::{NodeState, TaskStatus, WorkspaceQuery, WorkspaceStatus};
+use kiln_core::{NodeState, SessionStatus, TaskStatus, WorkspaceQuery, WorkspaceStatus};
 
 use super::TaskRunner;
 use crate::controller::DestroyProgress;
@@ -33,6 +40,9 @@ pub struct Resumed {
     pub delegated: usize,
     /// Workspaces left `destroying` whose destroy command was sent again.
     pub destroying: usize,
+    /// `pending` chats without a task whose start went on again: node acquisition started
+    /// (in the background) or the create-workspace command sent again.
+    pub chats: usize,
 }
 
 impl TaskRunner {
@@ -75,6 +85,20 @@ impl TaskRunner {
                 _ => {}
             }
         }
+        for session in self
+            .store()
+            .list_chats_by_status(&[SessionStatus::Pending])
+            .await?
+        {
+            let id = session.id;
+            match self.resume_chat(session).await {
+                Ok(true) => resumed.chats += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "could not resume a pending chat; closing it gives its node back");
+                }
+            }
+        }
         let destroying = self
             .store()
             .list_workspaces(&WorkspaceQuery {
@@ -113,6 +137,7 @@ impl TaskRunner {
                 queued = resumed.queued,
                 delegated = resumed.delegated,
                 destroying = resumed.destroying,
+                chats = resumed.chats,
                 "resumed the runs a previous process left"
             );
         }
