@@ -48,6 +48,7 @@ static ASSETS: &[Asset] = &[
     asset!("index.html", "text/html; charset=utf-8"),
     asset!("app.css", "text/css; charset=utf-8"),
     asset!("favicon.svg", "image/svg+xml"),
+    asset!("js/account.js", JS),
     asset!("js/api.js", JS),
     asset!("js/board.js", JS),
     asset!("js/chat.js", JS),

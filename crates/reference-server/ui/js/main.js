@@ -7,7 +7,8 @@ import { api, onUnauthorized, signOut } from './api.js';
 import { h, icon, navigate, replace } from './dom.js';
 import { ProjectPage } from './project.js';
 import { projectForm, projectsPage } from './projects.js';
-import { accountPage, signInPage } from './signin.js';
+import { accountPage } from './account.js';
+import { signInPage } from './signin.js';
 
 const app = document.getElementById('app');
 let me = null;
