@@ -26,7 +26,7 @@ let fake; let second;
 before(async () => {
   if (!process.env.KILN_URL) return;
   fake = await fakeHetzner();
-  second = await startServer({ KILN_HETZNER_API_URL: `http://127.0.0.1:${fake.address().port}/v1` });
+  second = await startServer({ KILN_HETZNER_API_URL: `http://127.0.0.1:${fake.address().port}/v1`, KILN_PROVIDER: 'local,hetzner' });
 });
 after(async () => {
   for (const c of contexts) await c.close();
@@ -249,6 +249,43 @@ test('Hetzner token: refused with Hetzner\'s message, then saved, shown as a hin
   await page.waitForSelector('.hetzner-token-state[data-set="false"]');
   const status = await page.request.get('/api/account/hetzner-token');
   assert.equal((await status.json()).set, false);
+  assert.deepEqual(page.errors, []);
+});
+
+test('a project chooses where its nodes run when the server offers more than one provider', async (t) => {
+  if (!serverOrSkip(t)) return;
+  // The main test server offers only local nodes: no choice, and the Hetzner section says so.
+  const local = await signedIn(newUser('account-prov1'));
+  await local.page.goto('/#/new');
+  await local.page.waitForSelector('input[name="repositoryUrl"]');
+  assert.equal(await local.page.$('input[name="provider"]'), null, 'no provider choice with one provider');
+  await local.page.goto('/#/account');
+  await local.page.waitForSelector('.hetzner-disabled');
+
+  // The second server offers local (the default) and Hetzner.
+  const user = newUser('account-prov2');
+  execFileSync(process.env.KILN_BIN, ['user', 'add', user.name, '--token-name', 'browser-tests', '--data-dir', second.dataDir], {
+    env: { ...process.env, KILN_LOG: 'warn' }, stdio: 'pipe',
+  });
+  const { page } = await signedIn(user, { base: second.url, dataDir: second.dataDir });
+  await page.goto('/#/account');
+  await page.waitForSelector('.hetzner-token-state');
+  assert.equal(await page.$('.hetzner-disabled'), null, 'Hetzner is offered here');
+  await page.goto('/#/new');
+  await page.waitForSelector('input[name="provider"]');
+  const offered = await page.$$eval('input[name="provider"]', (inputs) => inputs.map((i) => [i.value, i.checked]));
+  assert.deepEqual(offered, [['local', true], ['hetzner', false]]);
+  await page.fill('input[name="name"]', 'On Hetzner');
+  await page.fill('input[name="repositoryUrl"]', 'https://example.invalid/repo.git');
+  await page.check('input[name="provider"][value="hetzner"]');
+  await page.click('button[type="submit"]');
+  await page.waitForURL(/#\/p\//);
+  const projects = await (await page.request.get('/api/projects')).json();
+  const created = projects.find((p) => p.name === 'On Hetzner');
+  assert.equal(created?.provider, 'hetzner', JSON.stringify(projects));
+  // The edit form shows the project's provider chosen.
+  await page.goto(`/#/p/${created.id}/edit`);
+  await page.waitForSelector('input[name="provider"][value="hetzner"]:checked');
   assert.deepEqual(page.errors, []);
 });
 

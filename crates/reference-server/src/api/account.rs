@@ -60,6 +60,18 @@ pub(crate) async fn me(user: CurrentUser) -> Json<User> {
     Json(user.0)
 }
 
+/// `GET /api/providers`: the node providers projects on this server may choose, the
+/// default (new projects') first.
+pub(crate) async fn providers(
+    State(state): State<AppState>,
+    _user: CurrentUser,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "providers": state.settings.providers,
+        "default": state.settings.default_provider(),
+    }))
+}
+
 pub(crate) async fn create_token(
     State(state): State<AppState>,
     user: CurrentUser,

@@ -21,6 +21,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/login", get(account::login))
         .route("/api/logout", post(account::logout))
         .route("/api/me", get(account::me))
+        .route("/api/providers", get(account::providers))
         .route(
             "/api/tokens",
             get(account::list_tokens).post(account::create_token),

@@ -12,13 +12,13 @@ const LIFETIMES = [
 ];
 
 export async function accountPage(me) {
-  const [tokens, hetzner] = await Promise.all([api.tokens(), api.hetznerToken()]);
+  const [tokens, hetzner, offered] = await Promise.all([api.tokens(), api.hetznerToken(), api.providers()]);
   const page = h('main', { class: 'page narrow-page account-page' },
     h('div', { class: 'page-head' },
       h('h1', { text: 'Account' }),
       h('span', { class: 'muted', text: `Signed in as ${me.name}` })),
     tokensSection(tokens),
-    hetznerSection(hetzner));
+    hetznerSection(hetzner, offered.providers.includes('hetzner')));
   return page;
 }
 
@@ -171,7 +171,7 @@ function confirmDialog(title, question, action) {
 
 // ---- Hetzner Cloud token ------------------------------------------------------------------
 
-function hetznerSection(initial) {
+function hetznerSection(initial, enabled) {
   const state = h('span', { class: 'hetzner-token-state' });
   const remove = h('button', {
     type: 'button', class: 'btn tiny', dataset: { action: 'remove-hetzner-token' },
@@ -225,7 +225,8 @@ function hetznerSection(initial) {
   h('div', { class: 'field' },
     h('span', {}, 'Token ', h('small', { class: 'git-token-status' }, state, ' ', remove)),
     input,
-    h('small', { class: 'field-hint', text: 'Used only for projects on the Hetzner provider: their nodes are servers created in your Hetzner Cloud project with this token. It is checked with the Hetzner API when saved, stored encrypted, and never shown again.' })),
+    h('small', { class: 'field-hint', text: 'Used only for projects on the Hetzner provider: their nodes are servers created in your Hetzner Cloud project with this token. It is checked with the Hetzner API when saved, stored encrypted, and never shown again.' }),
+    enabled ? null : h('small', { class: 'field-hint hetzner-disabled', text: 'This server does not offer Hetzner nodes at the moment (KILN_PROVIDER); a token saved now is used once it does.' })),
   error,
   h('div', { class: 'form-actions' }, save));
 

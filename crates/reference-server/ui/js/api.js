@@ -55,6 +55,8 @@ export const api = {
   setHetznerToken: (token) => request('PUT', '/api/account/hetzner-token', { token }),
   deleteHetznerToken: () => request('DELETE', '/api/account/hetzner-token'),
 
+  /** `{providers, default}`: the node providers projects may choose on this server. */
+  providers: () => request('GET', '/api/providers'),
   projects: () => request('GET', '/api/projects'),
   project: (id) => request('GET', `/api/projects/${enc(id)}`),
   createProject: (body) => request('POST', '/api/projects', body),

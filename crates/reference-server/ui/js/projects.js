@@ -27,7 +27,14 @@ export async function projectsPage() {
 /** The create form (`project` undefined) or the edit form. */
 export async function projectForm(projectId) {
   const project = projectId ? await api.project(projectId) : undefined;
-  const tokenStatus = project ? await api.gitToken(project.id) : { set: false };
+  const [tokenStatus, offered] = await Promise.all([
+    project ? api.gitToken(project.id) : { set: false },
+    api.providers(),
+  ]);
+  const PROVIDER_LABELS = { local: ['Local', 'processes on the Kiln server'], hetzner: ['Hetzner Cloud', 'servers in your Hetzner project (set your token under Account)'] };
+  const provider = (value) => h('label', { class: 'size-option' },
+    h('input', { type: 'radio', name: 'provider', value, checked: (project?.provider || offered.default) === value }),
+    h('span', {}, h('strong', { text: PROVIDER_LABELS[value]?.[0] || value }), h('small', { text: PROVIDER_LABELS[value]?.[1] || '' })));
   const gitToken = h('input', {
     class: 'input', name: 'gitToken', type: 'password', autocomplete: 'off', spellcheck: false, 'aria-label': 'Git token',
     placeholder: tokenStatus.set ? 'Leave empty to keep the current token' : 'Only for a private https:// repository',
@@ -66,6 +73,8 @@ export async function projectForm(projectId) {
           repositoryUrl: repo.value.trim(),
           defaultVmSize: form.querySelector('input[name=defaultVmSize]:checked').value,
         };
+        const chosen = form.querySelector('input[name=provider]:checked');
+        if (chosen) body.provider = chosen.value;
         try {
           const saved = project ? await api.updateProject(project.id, body) : await api.createProject(body);
           if (gitToken.value.trim()) {
@@ -84,6 +93,12 @@ export async function projectForm(projectId) {
   h('label', { class: 'field' }, h('span', { text: 'Repository' }), repo),
   h('fieldset', { class: 'field sizes' }, h('legend', { text: 'Default VM size' }),
     size('small', 'Small', '2 vCPU'), size('medium', 'Medium', '4 vCPU'), size('large', 'Large', '8+ vCPU')),
+  // Only a choice when the server offers more than one (a project keeps a provider the
+  // server no longer offers until it is changed here).
+  offered.providers.length > 1 || (project && !offered.providers.includes(project.provider))
+    ? h('fieldset', { class: 'field sizes providers' }, h('legend', { text: 'Nodes run on' }),
+      ...[...new Set([...offered.providers, ...(project ? [project.provider] : [])])].map(provider))
+    : null,
   h('div', { class: 'field' },
     h('span', {}, 'Git token ', h('small', { class: 'git-token-status' }, tokenState, ' ', removeToken)),
     gitToken,
