@@ -371,23 +371,7 @@ impl Outbox {
                 },
             };
             let id = row.id.to_string();
-            let inserted = tx
-                .prepare_cached(
-                    "INSERT INTO message_outbox \
-                     (id, workspace, project, session_id, seq, role, content, tool, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
-                )?
-                .execute(params![
-                    id,
-                    route.workspace,
-                    route.project,
-                    row.session,
-                    seq,
-                    row.role,
-                    row.content,
-                    row.tool,
-                    row.created_at
-                ])?;
+            let inserted = crate::writer::insert_pending(tx, &id, route, row, seq)?;
             if inserted == 0 {
                 let existing: i64 =
                     tx.query_row("SELECT seq FROM message_outbox WHERE id = ?1", [&id], |r| {

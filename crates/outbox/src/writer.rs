@@ -16,6 +16,32 @@ use crate::checkpoint::Checkpointer;
 use crate::config::Overflow;
 use crate::error::OutboxError;
 
+/// Inserts one pending row (nothing when its id is already pending); the rows changed.
+pub(crate) fn insert_pending(
+    conn: &Connection,
+    id: &str,
+    route: &RouteKey,
+    row: &NewRow,
+    seq: i64,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO message_outbox \
+         (id, workspace, project, session_id, seq, role, content, tool, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+    )?
+    .execute(params![
+        id,
+        route.workspace,
+        route.project,
+        row.session,
+        seq,
+        row.role,
+        row.content,
+        row.tool,
+        row.created_at
+    ])
+}
+
 /// A row to insert, already encoded by the producer (off the writer thread).
 #[derive(Debug, Clone)]
 pub(crate) struct NewRow {
@@ -597,24 +623,7 @@ impl Writer {
         for row in rows {
             let id = row.id.to_string();
             let seq = self.alloc_seq(&row.session, &route.workspace, total, delta)?;
-            let inserted = self
-                .conn
-                .prepare_cached(
-                    "INSERT INTO message_outbox \
-                     (id, workspace, project, session_id, seq, role, content, tool, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
-                )?
-                .execute(params![
-                    id,
-                    route.workspace,
-                    route.project,
-                    row.session,
-                    seq,
-                    row.role,
-                    row.content,
-                    row.tool,
-                    row.created_at
-                ])?;
+            let inserted = insert_pending(&self.conn, &id, route, row, seq)?;
             if inserted == 0 {
                 // Already pending: give the seq back and answer with the stored one.
                 if let Some(state) = delta.sessions.get_mut(&row.session) {
