@@ -421,7 +421,10 @@ async fn everything_deliverable_arrives_exactly_once_through_a_faulty_receiver()
         "a response dropped after storing must cause a redelivery"
     );
     assert!(s.statuses.get(&413).copied().unwrap_or(0) >= 1);
-    assert!(s.statuses.get(&400).copied().unwrap_or(0) >= poison.len() as u64);
+    // One 400 that names its culprits rejects every poisoned message of its batch, so
+    // there may be fewer 400s than poisoned messages (more so with larger batches); each
+    // poisoned message was still rejected exactly once (`dropped.rejected` above).
+    assert!(s.statuses.get(&400).copied().unwrap_or(0) >= 1);
     assert_eq!(metrics.condition, Condition::Healthy);
     eprintln!(
         "{} requests, statuses {:?}, {} duplicates absorbed, {} stored",
