@@ -19,6 +19,10 @@ async fn task(h: &Harness, id: TaskId) -> Task {
     h.store.get_task(id).await.unwrap().unwrap()
 }
 
+async fn workspace_status(h: &Harness, id: kiln_core::WorkspaceId) -> WorkspaceStatus {
+    h.store.get_workspace(id).await.unwrap().unwrap().status
+}
+
 /// The runner of a restarted process: a new pool and workspace controller over the same
 /// store, provider and clock.
 fn restarted(h: &Harness) -> (TaskRunner, Arc<MemoryWorkspaces>) {
@@ -97,12 +101,7 @@ async fn a_delegated_task_gets_its_workspace_command_again_after_a_restart() {
     let before = task(&h, queued.id).await;
     let workspace = before.workspace_id.unwrap();
     assert_eq!(
-        h.store
-            .get_workspace(workspace)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        workspace_status(&h, workspace).await,
         WorkspaceStatus::Creating
     );
 
@@ -156,12 +155,7 @@ async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
         .await
         .unwrap();
     assert_eq!(
-        h.store
-            .get_workspace(workspace)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        workspace_status(&h, workspace).await,
         WorkspaceStatus::Destroying
     );
 
@@ -177,12 +171,7 @@ async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
     assert_eq!(workspaces.destroyed(), vec![workspace]);
     // The fake node removes it at once: the workspace is destroyed and the node warm again.
     assert_eq!(
-        h.store
-            .get_workspace(workspace)
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        workspace_status(&h, workspace).await,
         WorkspaceStatus::Destroyed
     );
     let node = t.node_id.unwrap();
@@ -255,20 +244,14 @@ async fn a_hello_without_a_running_workspace_fails_its_task_and_settles_destroys
         .set_destroy_progress(kiln_pool::DestroyProgress::Requested);
     h.runner.agent_started(ws, None).await.unwrap();
     h.runner.completed(ws, None, None, None).await.unwrap();
-    assert_eq!(
-        h.store.get_workspace(ws).await.unwrap().unwrap().status,
-        WorkspaceStatus::Destroying
-    );
+    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Destroying);
     let done = h
         .runner
         .reconcile_node(t.node_id.unwrap(), &[])
         .await
         .unwrap();
     assert_eq!(done.destroyed, vec![ws]);
-    assert_eq!(
-        h.store.get_workspace(ws).await.unwrap().unwrap().status,
-        WorkspaceStatus::Destroyed
-    );
+    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Destroyed);
 }
 
 /// A chat stored `pending` with its first prompt by a process that stopped before asking

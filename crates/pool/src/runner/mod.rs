@@ -213,13 +213,18 @@ impl TaskRunner {
             Change::Task { task_id: id },
         )
         .await;
+        self.spawn_acquire(id);
+        Ok(task)
+    }
+
+    /// Acquires `id`'s node and starts its workspace in the background.
+    fn spawn_acquire(&self, id: TaskId) {
         let runner = self.clone();
         tokio::spawn(async move {
             if let Err(e) = runner.acquire_and_delegate(id).await {
                 tracing::warn!(task = %id, error = %e, "task run stopped on an error");
             }
         });
-        Ok(task)
     }
 
     /// Runs a draft or ready task: queued at once (returned), then a node is acquired and the
@@ -278,12 +283,7 @@ impl TaskRunner {
             if inline {
                 return self.acquire_and_delegate(task.id).await;
             }
-            let runner = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = runner.acquire_and_delegate(id).await {
-                    tracing::warn!(task = %id, error = %e, "task run stopped on an error");
-                }
-            });
+            self.spawn_acquire(id);
         }
         Ok(task)
     }

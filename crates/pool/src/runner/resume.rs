@@ -68,12 +68,7 @@ impl TaskRunner {
                         tracing::warn!(task = %task.id, error = %e, "could not open a resumed task's session");
                     }
                     resumed.queued += 1;
-                    let runner = self.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = runner.acquire_and_delegate(task.id).await {
-                            tracing::warn!(task = %task.id, error = %e, "resumed task run stopped on an error");
-                        }
-                    });
+                    self.spawn_acquire(task.id);
                 }
                 TaskStatus::Delegated => match self.resend_workspace(&task).await {
                     Ok(true) => resumed.delegated += 1,
