@@ -71,6 +71,11 @@
 //! When the previous group served several calls, the committer first waits for as many to
 //! be queued (at most `MSG_GROUP_COMMIT_MAX_WAIT_US`, never longer than the previous
 //! commit took), because the producers just answered are about to call again.
+//! Waiting threads spin before they sleep (`MSG_GROUP_COMMIT_SPIN_US`, 100 µs, yielding the
+//! CPU between checks): a blocking producer whose row another thread commits, a gathering
+//! committer, and the writer thread after its last group. Waking a sleeping thread costs
+//! about as much as a `synchronous=NORMAL` commit, so this doubled the rate of eight
+//! blocking producers on a 2-core VM (52k to 105k msg/s) at a third of the CPU per message.
 //! A group runs without savepoints; if one call fails, the group is rolled back and run
 //! again with one savepoint per call, so one failing call does not fail its neighbours.
 //! A failed **commit** fails every waiter of the group, and no waiter is ever told `Ok`
@@ -198,6 +203,7 @@
 //! | [`quick_check_on_open`](OutboxConfig::quick_check_on_open) | `MSG_OUTBOX_QUICK_CHECK` (`true` / `false`) | `true` |
 //! | [`group_commit_max_rows`](OutboxConfig::group_commit_max_rows) | `MSG_GROUP_COMMIT_MAX_ROWS` | 512 |
 //! | [`group_commit_max_wait`](OutboxConfig::group_commit_max_wait) | `MSG_GROUP_COMMIT_MAX_WAIT_US` | 1000 (0: never wait) |
+//! | [`group_commit_spin`](OutboxConfig::group_commit_spin) | `MSG_GROUP_COMMIT_SPIN_US` | 100 (0: sleep at once) |
 //! | [`dead_max_rows`](OutboxConfig::dead_max_rows) | `MSG_DEAD_MAX_ROWS` | 1000 |
 //! | [`http_timeout`](OutboxConfig::http_timeout) | `MSG_HTTP_TIMEOUT_MS` | 30000 |
 //! | [`http_connect_timeout`](OutboxConfig::http_connect_timeout) | `MSG_HTTP_CONNECT_TIMEOUT_MS` | 5000 |

@@ -199,6 +199,7 @@ impl Outbox {
             writer,
             config.group_commit_max_rows,
             config.group_commit_max_wait,
+            config.group_commit_spin,
         ));
         let writer = {
             let queue = queue.clone();
@@ -434,7 +435,7 @@ impl Outbox {
         messages: Vec<ChatMessage>,
     ) -> Result<Vec<Receipt>, OutboxError> {
         let rx = self.send_enqueue(route.into(), messages, Committer::Caller)?;
-        rx.blocking_recv().map_err(|_| OutboxError::Closed)?
+        self.inner.queue.wait_reply(rx)
     }
 
     fn send_enqueue(
@@ -469,6 +470,13 @@ impl Outbox {
     #[must_use]
     pub fn pending_count(&self) -> u64 {
         self.inner.counters.pending.load(Ordering::Relaxed)
+    }
+
+    /// Transactions the writer has committed since this outbox was opened: with
+    /// [`enqueued`](crate::OutboxMetrics::enqueued), how well concurrent calls share commits.
+    #[must_use]
+    pub fn commit_count(&self) -> u64 {
+        self.inner.counters.commits.load(Ordering::Relaxed)
     }
 
     /// Every pending message in outbox order (for inspection and tests; reads the file).

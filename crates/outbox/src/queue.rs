@@ -11,10 +11,21 @@
 //! longer than the previous commit took, because the producers it just answered are about
 //! to call again. Without this, concurrent single-message producers split into a group of
 //! one and a group of the rest, paying twice the commits.
+//!
+//! Waiting threads spin before they sleep (`MSG_GROUP_COMMIT_SPIN_US`): a blocking producer
+//! whose row another thread commits, and a gathering committer, check again (yielding the
+//! CPU between checks) before parking. With `synchronous=NORMAL` a commit takes tens of
+//! microseconds, about what waking a parked thread costs on a virtual machine, so parking
+//! at once made eight producers spend more time being woken than committing: measured on a
+//! 2-core VM, 52k msg/s parking at once against 100k msg/s with 100 µs of spinning, at a
+//! third of the CPU time per message.
 
 use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use tokio::sync::oneshot::error::TryRecvError;
 
 use crate::error::OutboxError;
 use crate::writer::{Command, Writer};
@@ -37,6 +48,8 @@ pub(crate) struct WriteQueue {
     writer: Mutex<Writer>,
     max_rows: usize,
     max_wait: Duration,
+    /// How long a waiter yields and checks again before it sleeps.
+    spin: Duration,
 }
 
 #[derive(Default)]
@@ -55,7 +68,7 @@ struct State {
 }
 
 impl WriteQueue {
-    pub(crate) fn new(writer: Writer, max_rows: usize, max_wait: Duration) -> Self {
+    pub(crate) fn new(writer: Writer, max_rows: usize, max_wait: Duration, spin: Duration) -> Self {
         Self {
             state: Mutex::new(State::default()),
             to_thread: Condvar::new(),
@@ -63,7 +76,30 @@ impl WriteQueue {
             writer: Mutex::new(writer),
             max_rows: max_rows.max(1),
             max_wait,
+            spin,
         }
+    }
+
+    /// Waits on a synchronous caller's thread for the reply to a command it submitted:
+    /// checks again, yielding the CPU, for up to the spin time, then sleeps.
+    pub(crate) fn wait_reply<T>(
+        &self,
+        mut rx: oneshot::Receiver<Result<T, OutboxError>>,
+    ) -> Result<T, OutboxError> {
+        if !self.spin.is_zero() {
+            let deadline = Instant::now() + self.spin;
+            loop {
+                match rx.try_recv() {
+                    Ok(reply) => return reply,
+                    Err(TryRecvError::Closed) => return Err(OutboxError::Closed),
+                    Err(TryRecvError::Empty) if Instant::now() < deadline => {
+                        std::thread::yield_now();
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+        }
+        rx.blocking_recv().map_err(|_| OutboxError::Closed)?
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -142,6 +178,16 @@ impl WriteQueue {
         loop {
             let group = {
                 let mut s = self.gather(writer.last_commit());
+                if who == Committer::Thread {
+                    // Async producers are usually back within microseconds; while the
+                    // writer thread spins it stays busy, so they queue without waking it.
+                    let until = Instant::now() + self.spin;
+                    while s.queue.is_empty() && !s.closed && Instant::now() < until {
+                        drop(s);
+                        std::thread::yield_now();
+                        s = self.state();
+                    }
+                }
                 if s.queue.is_empty() {
                     s.busy = false;
                     return;
@@ -181,6 +227,17 @@ impl WriteQueue {
             return s;
         }
         let deadline = Instant::now() + window;
+        // Spin first: the producers just answered are usually back within microseconds,
+        // and a sleeping committer costs a wake-up on top.
+        let spin_until = Instant::now() + self.spin.min(window);
+        while Instant::now() < spin_until {
+            drop(s);
+            std::thread::yield_now();
+            s = self.state();
+            if s.queue.len() >= target || s.closed {
+                return s;
+            }
+        }
         s.gather_target = target;
         while s.queue.len() < target && !s.closed {
             let now = Instant::now();

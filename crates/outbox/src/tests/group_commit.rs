@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use kiln_core::{MessageId, SessionId, ToolMeta, WorkspaceId};
 
@@ -51,35 +51,77 @@ fn seqs_are_contiguous_per_session_and_survive_reopen() {
 
 #[test]
 fn concurrent_producers_share_commits_and_get_distinct_seqs() {
-    let dir = tempfile::tempdir().unwrap();
-    let outbox = open(&dir, OutboxConfig::default());
-    let session = SessionId::new();
-    let threads: Vec<_> = (0..16)
-        .map(|_| {
-            let outbox = outbox.clone();
-            std::thread::spawn(move || {
-                (0..40)
-                    .map(|_| {
-                        outbox
-                            .enqueue_blocking(Route::single(), message(session, "x"))
-                            .unwrap()
-                            .seq
-                    })
-                    .collect::<Vec<_>>()
+    // Waiters that park at once, and waiters that spin first (the default).
+    for spin in [Duration::ZERO, OutboxConfig::default().group_commit_spin] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = OutboxConfig {
+            group_commit_spin: spin,
+            ..OutboxConfig::default()
+        };
+        let outbox = open(&dir, config);
+        let session = SessionId::new();
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let outbox = outbox.clone();
+                std::thread::spawn(move || {
+                    (0..40)
+                        .map(|_| {
+                            outbox
+                                .enqueue_blocking(Route::single(), message(session, "x"))
+                                .unwrap()
+                                .seq
+                        })
+                        .collect::<Vec<_>>()
+                })
             })
-        })
-        .collect();
-    let mut all: Vec<i64> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
-    all.sort_unstable();
-    assert_eq!(all, (1..=640).collect::<Vec<_>>());
-    let commits = outbox.inner.counters.commits.load(Ordering::Relaxed);
-    assert!(
-        commits < 640,
-        "16 producers should share commits, got {commits} for 640 rows"
-    );
+            .collect();
+        let mut all: Vec<i64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=640).collect::<Vec<_>>(), "spin {spin:?}");
+        let commits = outbox.commit_count();
+        assert!(
+            commits < 640,
+            "16 producers should share commits (spin {spin:?}), got {commits} for 640 rows"
+        );
+        assert_eq!(outbox.pending_count(), 640);
+    }
+}
+
+/// Async producers hand their rows to the writer thread, which spins for the next call
+/// before it sleeps; every call is answered either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_producers_are_answered_whether_the_writer_spins_or_sleeps() {
+    for spin in [Duration::ZERO, Duration::from_millis(50)] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = OutboxConfig {
+            group_commit_spin: spin,
+            ..OutboxConfig::default()
+        };
+        let outbox = open(&dir, config);
+        let session = SessionId::new();
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let outbox = outbox.clone();
+                tokio::spawn(async move {
+                    for _ in 0..25 {
+                        outbox
+                            .enqueue(Route::single(), message(session, "x"))
+                            .await
+                            .unwrap();
+                        // A pause longer than nothing, shorter than the spin.
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for c in calls {
+            c.await.unwrap();
+        }
+        assert_eq!(outbox.pending_count(), 200, "spin {spin:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
