@@ -469,7 +469,19 @@ impl Outbox {
     /// Rows waiting for delivery (committed state).
     #[must_use]
     pub fn pending_count(&self) -> u64 {
-        self.inner.counters.pending.load(Ordering::Relaxed)
+        let c = &self.inner.counters;
+        if self.inner.external.load(Ordering::SeqCst) != c.absorbed_external.load(Ordering::SeqCst)
+        {
+            // `enqueue_in` stored rows the writer has not counted yet (it does at its next
+            // commit): the file knows.
+            let counted: rusqlite::Result<i64> =
+                self.reader()
+                    .query_row("SELECT COUNT(*) FROM message_outbox", [], |r| r.get(0));
+            if let Ok(n) = counted {
+                return u64::try_from(n).unwrap_or(0);
+            }
+        }
+        c.pending.load(Ordering::Relaxed)
     }
 
     /// Transactions the writer has committed since this outbox was opened: with

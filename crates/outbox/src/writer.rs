@@ -202,6 +202,8 @@ pub(crate) struct Counters {
     pub dropped_corrupt: AtomicU64,
     pub pending: AtomicU64,
     pub commits: AtomicU64,
+    /// The `enqueue_in` generation `pending` includes (see [`Writer::absorb_external`]).
+    pub absorbed_external: AtomicU64,
 }
 
 impl Counters {
@@ -371,6 +373,9 @@ impl Writer {
             .pending
             .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
         self.seen_external = generation;
+        self.counters
+            .absorbed_external
+            .store(generation, Ordering::SeqCst);
         Ok(())
     }
 

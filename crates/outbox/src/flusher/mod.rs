@@ -64,7 +64,7 @@ impl FlusherHandle {
         let now = self.outbox.inner.clock.now();
         let oldest = self.outbox.oldest_created_at().ok().flatten();
         OutboxMetrics {
-            pending: c.pending.load(Ordering::Relaxed),
+            pending: self.outbox.pending_count(),
             oldest_pending_age: oldest.map(|t| duration_between(t, now)),
             enqueued: c.enqueued.load(Ordering::Relaxed),
             notices: c.notices.load(Ordering::Relaxed),

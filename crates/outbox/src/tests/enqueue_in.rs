@@ -68,8 +68,11 @@ async fn enqueue_in_commits_and_rolls_back_with_the_hosts_transaction() {
             )
             .unwrap();
         seqs.extend(receipts.iter().map(|r| r.seq));
+        assert_eq!(outbox.pending_count(), 2, "not committed yet");
         tx.commit().unwrap();
     }
+    // Counted as soon as the host commits, before the writer has seen them.
+    assert_eq!(outbox.pending_count(), 4);
     // Rolled back: neither the order nor the message exists, and no seq is used up.
     {
         let tx = host.transaction().unwrap();
@@ -80,6 +83,7 @@ async fn enqueue_in_commits_and_rolls_back_with_the_hosts_transaction() {
             .unwrap();
         tx.rollback().unwrap();
     }
+    assert_eq!(outbox.pending_count(), 4);
     // The writer continues after the host's rows, not over them.
     seqs.push(
         outbox

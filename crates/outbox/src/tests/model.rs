@@ -1,6 +1,8 @@
-//! Model-based property test: random interleavings of enqueue, delivery steps under a
-//! scripted receiver (success, outage, refused credentials, rejection of chosen messages,
-//! a size limit), commit failures, restarts and overflow, checked against what must hold.
+//! Model-based property test: random interleavings of enqueue, `enqueue_in` inside a host
+//! transaction that commits or rolls back, delivery steps under a scripted receiver
+//! (success, outage, refused credentials, rejection of chosen messages, a size limit),
+//! commit failures, restarts and overflow under both overflow policies, checked against
+//! what must hold.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -17,7 +19,7 @@ use super::group_commit::notice_count;
 use super::message;
 use crate::body;
 use crate::flusher::{Flusher, Step};
-use crate::{Outbox, OutboxConfig, Route, SingleSink};
+use crate::{Outbox, OutboxConfig, OutboxError, Overflow, Route, SingleSink};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -34,6 +36,13 @@ enum Action {
         poison: bool,
         big: bool,
     },
+    /// `enqueue_in` inside a host transaction on the outbox file, then commit or roll back.
+    EnqueueIn {
+        session: usize,
+        n: usize,
+        poison: bool,
+        commit: bool,
+    },
     Step(usize),
     SetMode(Mode),
     NamePoison(bool),
@@ -48,6 +57,8 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         6 => (0..3usize, 1..5usize, prop::bool::weighted(0.15), prop::bool::weighted(0.08))
             .prop_map(|(session, n, poison, big)| Action::Enqueue { session, n, poison, big }),
+        3 => (0..3usize, 1..4usize, prop::bool::weighted(0.15), prop::bool::weighted(0.75))
+            .prop_map(|(session, n, poison, commit)| Action::EnqueueIn { session, n, poison, commit }),
         6 => (1..4usize).prop_map(Action::Step),
         2 => prop_oneof![Just(Mode::Up), Just(Mode::Down), Just(Mode::Unauthorized)]
             .prop_map(Action::SetMode),
@@ -131,6 +142,8 @@ struct Harness {
     flusher: Option<Flusher>,
     /// Rows pending when the current process "started" (for the counter balance).
     initial_pending: u64,
+    /// Rows committed by `enqueue_in` in this process (the writer does not count them).
+    external: u64,
     seed: u64,
 }
 
@@ -143,6 +156,7 @@ impl Harness {
         )
         .unwrap();
         self.initial_pending = outbox.pending_count();
+        self.external = 0;
         self.seed += 1;
         self.flusher = Some(Flusher::for_test(
             &outbox,
@@ -158,7 +172,12 @@ impl Harness {
     }
 
     /// Everything that entered this process's outbox left it or is still pending.
-    fn check_balance(&self) {
+    async fn check_balance(&self) {
+        // An empty enqueue is a writer commit: it catches up with `enqueue_in`'s rows.
+        self.outbox()
+            .enqueue_batch(Route::single(), Vec::new())
+            .await
+            .unwrap();
         let c = &self.outbox().inner.counters;
         let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::SeqCst);
         let dropped = load(&c.dropped_overflow)
@@ -166,7 +185,7 @@ impl Harness {
             + load(&c.dropped_too_large)
             + load(&c.dropped_corrupt);
         assert_eq!(
-            self.initial_pending + load(&c.enqueued) + load(&c.notices),
+            self.initial_pending + load(&c.enqueued) + load(&c.notices) + self.external,
             load(&c.delivered) + dropped + load(&c.pending),
             "the counters do not add up"
         );
@@ -185,9 +204,16 @@ impl Harness {
     }
 }
 
-async fn run(actions: Vec<Action>) {
+fn host_connection(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(Duration::from_secs(10)).unwrap();
+    conn
+}
+
+async fn run(actions: Vec<Action>, overflow: Overflow) {
     let dir = tempfile::tempdir().unwrap();
     let config = OutboxConfig {
+        overflow,
         max_size: 24,
         batch_max_size: 5,
         batch_max_bytes: 4_000,
@@ -212,11 +238,17 @@ async fn run(actions: Vec<Action>) {
         outbox: None,
         flusher: None,
         initial_pending: 0,
+        external: 0,
         seed: 0,
     };
     h.open();
+    let mut host = host_connection(&h.path);
+    // Rows `enqueue_in` committed since the writer last committed: under drop-oldest the
+    // writer's next commit enforces the bound, so until then the file may exceed it.
+    let mut unbounded: u64 = 0;
     let sessions = [SessionId::new(), SessionId::new(), SessionId::new()];
     let mut accepted: Vec<MessageId> = Vec::new();
+    // Never stored: a failed commit, a rolled-back host transaction, a refusal when full.
     let mut failed: HashSet<MessageId> = HashSet::new();
     let mut big: HashSet<MessageId> = HashSet::new();
     for action in actions {
@@ -238,32 +270,88 @@ async fn run(actions: Vec<Action>) {
                 if poison {
                     sink.state.lock().unwrap().poison.insert(last.id);
                 }
-                let receipts = h
-                    .outbox()
-                    .enqueue_batch(Route::single(), batch)
-                    .await
-                    .unwrap();
-                accepted.extend(receipts.iter().map(|r| r.id));
+                let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+                match h.outbox().enqueue_batch(Route::single(), batch).await {
+                    Ok(receipts) => {
+                        accepted.extend(receipts.iter().map(|r| r.id));
+                        unbounded = 0;
+                    }
+                    Err(OutboxError::Full { max }) => {
+                        assert_eq!(overflow, Overflow::Reject, "only Reject refuses");
+                        assert_eq!(max, 24);
+                        let pending = h.outbox().pending_messages().unwrap().len();
+                        assert!(pending + ids.len() > 24, "refused with room: {pending}");
+                        failed.extend(ids);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            Action::EnqueueIn {
+                session,
+                n,
+                poison,
+                commit,
+            } => {
+                let batch: Vec<ChatMessage> = (0..n)
+                    .map(|i| message(sessions[session], &format!("in{i}")))
+                    .collect();
+                let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+                if poison {
+                    sink.state.lock().unwrap().poison.insert(ids[0]);
+                }
+                let tx = host.transaction().unwrap();
+                match h.outbox().enqueue_in(&tx, Route::single(), batch) {
+                    Ok(receipts) if commit => {
+                        tx.commit().unwrap();
+                        h.outbox().notify_flusher();
+                        assert!(receipts.iter().all(|r| !r.duplicate));
+                        accepted.extend(ids);
+                        h.external += n as u64;
+                        unbounded += n as u64;
+                    }
+                    Ok(_) => {
+                        tx.rollback().unwrap();
+                        failed.extend(ids);
+                    }
+                    Err(OutboxError::Full { .. }) => {
+                        assert_eq!(overflow, Overflow::Reject, "only Reject refuses");
+                        tx.rollback().unwrap();
+                        failed.extend(ids);
+                    }
+                    Err(e) => panic!("{e}"),
+                }
             }
             Action::FailCommit { session } => {
                 h.outbox().fail_next_commits(1);
                 let m = message(sessions[session], "doomed");
                 failed.insert(m.id);
-                assert!(h.outbox().enqueue(Route::single(), m).await.is_err());
+                match h.outbox().enqueue(Route::single(), m).await {
+                    Err(OutboxError::Storage(_)) => {}
+                    // Refused before the commit: the injected failure is still armed.
+                    Err(OutboxError::Full { .. }) if overflow == Overflow::Reject => {
+                        h.outbox().fail_next_commits(0);
+                    }
+                    other => panic!("expected the commit to fail: {other:?}"),
+                }
             }
             Action::Step(n) => h.step(n).await,
             Action::SetMode(mode) => sink.state.lock().unwrap().mode = mode,
             Action::NamePoison(b) => sink.state.lock().unwrap().name_poison = b,
             Action::Advance(secs) => h.clock.advance(Duration::from_secs(secs)),
             Action::Reopen => {
-                h.check_balance();
+                h.check_balance().await;
+                unbounded = 0;
                 h.flusher = None;
                 h.outbox = None;
                 h.open();
             }
         }
-        let pending = h.outbox().pending_count();
-        assert!(pending <= 24, "the bound was exceeded: {pending}");
+        let pending = h.outbox().pending_messages().unwrap().len() as u64;
+        let bound = match overflow {
+            Overflow::Reject => 24,
+            Overflow::DropOldest => 24 + unbounded,
+        };
+        assert!(pending <= bound, "the bound was exceeded: {pending}");
     }
     // Drain: the receiver recovers and time passes until nothing is left.
     sink.state.lock().unwrap().mode = Mode::Up;
@@ -275,7 +363,7 @@ async fn run(actions: Vec<Action>) {
         h.step(50).await;
     }
     assert_eq!(h.outbox().pending_count(), 0, "the outbox did not drain");
-    h.check_balance();
+    h.check_balance().await;
 
     let dead = h.outbox().dead_letters().unwrap();
     let s = sink.state.lock().unwrap();
@@ -308,14 +396,17 @@ async fn run(actions: Vec<Action>) {
             .get(&id.to_string())
             .unwrap_or_else(|| panic!("message {id} was lost"));
         match d.reason.as_str() {
-            "overflow" => {}
+            "overflow" => assert_eq!(overflow, Overflow::DropOldest, "Reject evicted {id}"),
             "rejected" => assert!(s.poison.contains(id), "a good neighbour was rejected"),
             "too_large" => assert!(big.contains(id), "a small message was dropped as too large"),
             other => panic!("unexpected drop reason {other}"),
         }
     }
     for id in &failed {
-        assert!(!acked_set.contains(id) && !dead_by_id.contains_key(&id.to_string()));
+        assert!(
+            !acked_set.contains(id) && !dead_by_id.contains_key(&id.to_string()),
+            "{id} was never stored, yet it left the outbox"
+        );
     }
 
     // Per session: first deliveries in seq order, and every seq accounted for exactly once.
@@ -373,6 +464,15 @@ proptest! {
             .enable_all()
             .build()
             .unwrap()
-            .block_on(run(actions));
+            .block_on(run(actions, Overflow::DropOldest));
+    }
+
+    #[test]
+    fn under_reject_the_outbox_refuses_instead_of_dropping(actions in prop::collection::vec(action(), 1..60)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(run(actions, Overflow::Reject));
     }
 }
