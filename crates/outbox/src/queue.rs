@@ -63,7 +63,7 @@ struct State {
     closed: bool,
     /// Calls served by the previous group.
     last_group: usize,
-    /// A gathering committer waits until this many calls are queued (0: nobody waits).
+    /// A gathering committer sleeps until this many calls are queued (0: nobody waits).
     gather_target: usize,
 }
 
@@ -176,8 +176,8 @@ impl WriteQueue {
         let _closes_on_panic = ClosesOnPanic(self);
         let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let group = {
-                let mut s = self.gather(writer.last_commit());
+            let (group, mut gather) = {
+                let mut s = self.state();
                 if who == Committer::Thread {
                     // Async producers are usually back within microseconds; while the
                     // writer thread spins it stays busy, so they queue without waking it.
@@ -192,21 +192,21 @@ impl WriteQueue {
                     s.busy = false;
                     return;
                 }
-                let mut weight = 0;
-                let mut group = Vec::new();
-                while let Some(next) = s.queue.front() {
-                    if !group.is_empty() && weight + next.weight() > self.max_rows {
-                        break;
-                    }
-                    weight += next.weight();
-                    group.extend(s.queue.pop_front());
-                }
-                s.last_group = group.len();
-                group
+                let window = self.max_wait.min(writer.last_commit());
+                let now = Instant::now();
+                let mut gather = Gather {
+                    target: s.last_group.min(self.max_rows),
+                    weight: 0,
+                    spin_until: now + self.spin.min(window),
+                    deadline: now + window,
+                };
+                let group = self.take(&mut s, &mut gather.weight);
+                (group, gather)
             };
-            writer.commit_group(group);
+            let served = writer.commit_group(group, &mut |have| self.more(have, &mut gather));
+            let mut s = self.state();
+            s.last_group = served;
             if who == Committer::Caller {
-                let mut s = self.state();
                 if s.queue.is_empty() {
                     s.busy = false;
                 } else {
@@ -218,41 +218,67 @@ impl WriteQueue {
         }
     }
 
-    /// Waits (bounded) until as many calls are queued as the previous group served.
-    fn gather(&self, last_commit: Duration) -> MutexGuard<'_, State> {
-        let mut s = self.state();
-        let target = s.last_group.min(self.max_rows);
-        let window = self.max_wait.min(last_commit);
-        if target <= 1 || s.queue.len() >= target || window.is_zero() || s.closed {
-            return s;
-        }
-        let deadline = Instant::now() + window;
-        // Spin first: the producers just answered are usually back within microseconds,
-        // and a sleeping committer costs a wake-up on top.
-        let spin_until = Instant::now() + self.spin.min(window);
-        while Instant::now() < spin_until {
-            drop(s);
-            std::thread::yield_now();
-            s = self.state();
-            if s.queue.len() >= target || s.closed {
-                return s;
-            }
-        }
-        s.gather_target = target;
-        while s.queue.len() < target && !s.closed {
-            let now = Instant::now();
-            if now >= deadline {
+    /// Takes queued commands from the front up to `MSG_GROUP_COMMIT_MAX_ROWS` rows (an
+    /// empty group takes its first command whatever its size).
+    fn take(&self, s: &mut State, weight: &mut usize) -> Vec<Command> {
+        let mut taken = Vec::new();
+        while let Some(next) = s.queue.front() {
+            if *weight > 0 && *weight + next.weight() > self.max_rows {
                 break;
             }
+            *weight += next.weight();
+            taken.extend(s.queue.pop_front());
+        }
+        taken
+    }
+
+    /// Called by the writer inside the open transaction once it has applied `have`
+    /// commands: more commands for the same group, or none to commit now. While the group
+    /// serves fewer calls than the previous one did, it waits (bounded) for the producers
+    /// just answered, who are about to call again; each arrival is applied while the next
+    /// is awaited, so the wait overlaps the inserts instead of preceding them.
+    fn more(&self, have: usize, gather: &mut Gather) -> Vec<Command> {
+        if have >= gather.target || gather.weight >= self.max_rows {
+            return Vec::new();
+        }
+        let mut s = self.state();
+        loop {
+            if !s.queue.is_empty() {
+                return self.take(&mut s, &mut gather.weight);
+            }
+            let now = Instant::now();
+            if s.closed || now >= gather.deadline {
+                return Vec::new();
+            }
+            if now < gather.spin_until {
+                // Spin first: a sleeping committer costs a wake-up on top.
+                drop(s);
+                std::thread::yield_now();
+                s = self.state();
+                continue;
+            }
+            s.gather_target = 1;
             s = self
                 .arrived
-                .wait_timeout(s, deadline - now)
+                .wait_timeout(s, gather.deadline - now)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            s.gather_target = 0;
         }
-        s.gather_target = 0;
-        s
     }
+}
+
+/// How a group grows while its transaction is open.
+struct Gather {
+    /// Calls served by the previous group: the producers about to call again.
+    target: usize,
+    /// Rows taken so far.
+    weight: usize,
+    /// Until then a waiting committer yields; after it, it sleeps until an arrival.
+    spin_until: Instant,
+    /// Never waits past this: the previous commit's duration, at most
+    /// `MSG_GROUP_COMMIT_MAX_WAIT_US`.
+    deadline: Instant,
 }
 
 /// If a commit panics (on a producer's thread or the writer thread), the outbox closes:

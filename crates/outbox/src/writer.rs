@@ -391,18 +391,26 @@ impl Writer {
     /// is rolled back and the group runs again with one savepoint per call, so the failing
     /// call gets its error and its neighbours are still committed. A failed `COMMIT` fails
     /// every waiter of the group; no waiter is ever told `Ok` for a row that is not committed.
-    pub(crate) fn commit_group(&mut self, group: Vec<Command>) {
+    pub(crate) fn commit_group(
+        &mut self,
+        group: Vec<Command>,
+        more: &mut dyn FnMut(usize) -> Vec<Command>,
+    ) -> usize {
         let started = Instant::now();
-        let results = match self.run_group(&group, false) {
+        let mut group = group;
+        let results = match self.run_group(&mut group, false, more) {
             Ok(results) => Ok(results),
             Err(GroupError::Command(e)) if group.len() == 1 => Ok(vec![Err(e)]),
-            Err(GroupError::Command(_)) => match self.run_group(&group, true) {
-                Ok(results) => Ok(results),
-                Err(GroupError::Command(e) | GroupError::Commit(e)) => Err(e),
-            },
+            Err(GroupError::Command(_)) => {
+                match self.run_group(&mut group, true, &mut |_| Vec::new()) {
+                    Ok(results) => Ok(results),
+                    Err(GroupError::Command(e) | GroupError::Commit(e)) => Err(e),
+                }
+            }
             Err(GroupError::Commit(e)) => Err(e),
         };
         self.last_commit = started.elapsed();
+        let served = group.len();
         match results {
             Ok(results) => {
                 for (cmd, result) in group.into_iter().zip(results) {
@@ -415,6 +423,7 @@ impl Writer {
                 }
             }
         }
+        served
     }
 
     /// A transaction-control statement, prepared once.
@@ -423,10 +432,13 @@ impl Writer {
         Ok(())
     }
 
+    /// Runs `group` in one transaction; once every command is applied it asks `more` for
+    /// commands that arrived meanwhile and applies those too (the group grows in place).
     fn run_group(
         &mut self,
-        group: &[Command],
+        group: &mut Vec<Command>,
         isolate: bool,
+        more: &mut dyn FnMut(usize) -> Vec<Command>,
     ) -> Result<Vec<Result<Output, OutboxError>>, GroupError> {
         self.exec("BEGIN IMMEDIATE").map_err(GroupError::Commit)?;
         if let Err(e) = self.absorb_external() {
@@ -435,7 +447,17 @@ impl Writer {
         }
         let mut total = Delta::default();
         let mut results = Vec::with_capacity(group.len());
-        for cmd in group {
+        let mut next = 0;
+        loop {
+            if next == group.len() {
+                let arrived = more(group.len());
+                if arrived.is_empty() {
+                    break;
+                }
+                group.extend(arrived);
+            }
+            let cmd = &group[next];
+            next += 1;
             if isolate && let Err(e) = self.exec("SAVEPOINT cmd") {
                 results.push(Err(e));
                 continue;
