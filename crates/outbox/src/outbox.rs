@@ -371,13 +371,13 @@ impl Outbox {
                     None => 1,
                 },
             };
-            let id = row.id.to_string();
-            let inserted = crate::writer::insert_pending(tx, &id, route, row, seq)?;
+            let inserted = crate::writer::insert_pending(tx, route, row, seq)?;
             if inserted == 0 {
-                let existing: i64 =
-                    tx.query_row("SELECT seq FROM message_outbox WHERE id = ?1", [&id], |r| {
-                        r.get(0)
-                    })?;
+                let existing: i64 = tx.query_row(
+                    "SELECT seq FROM message_outbox WHERE id = ?1",
+                    [&row.id_text],
+                    |r| r.get(0),
+                )?;
                 next.insert(row.session.clone(), seq);
                 receipts.push(Receipt {
                     id: row.id,
@@ -742,6 +742,7 @@ fn new_row(mut m: ChatMessage, max_content: usize) -> NewRow {
     }
     NewRow {
         id: m.id,
+        id_text: m.id.to_string(),
         session: m.session_id.to_string(),
         role: m.role.as_str(),
         tool: m.tool.as_ref().and_then(|t| serde_json::to_string(t).ok()),

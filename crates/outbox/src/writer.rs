@@ -19,7 +19,6 @@ use crate::error::OutboxError;
 /// Inserts one pending row (nothing when its id is already pending); the rows changed.
 pub(crate) fn insert_pending(
     conn: &Connection,
-    id: &str,
     route: &RouteKey,
     row: &NewRow,
     seq: i64,
@@ -30,7 +29,7 @@ pub(crate) fn insert_pending(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
     )?
     .execute(params![
-        id,
+        row.id_text,
         route.workspace,
         route.project,
         row.session,
@@ -46,6 +45,8 @@ pub(crate) fn insert_pending(
 #[derive(Debug, Clone)]
 pub(crate) struct NewRow {
     pub id: MessageId,
+    /// `id` as stored (formatted by the producer, off the writer's path).
+    pub id_text: String,
     pub session: String,
     pub role: &'static str,
     pub content: String,
@@ -648,9 +649,9 @@ impl Writer {
     ) -> Result<Vec<Receipt>, OutboxError> {
         let mut receipts = Vec::with_capacity(rows.len());
         for row in rows {
-            let id = row.id.to_string();
+            let id = &row.id_text;
             let seq = self.alloc_seq(&row.session, &route.workspace, total, delta)?;
-            let inserted = insert_pending(&self.conn, &id, route, row, seq)?;
+            let inserted = insert_pending(&self.conn, route, row, seq)?;
             if inserted == 0 {
                 // Already pending: give the seq back and answer with the stored one.
                 if let Some(state) = delta.sessions.get_mut(&row.session) {
@@ -659,7 +660,7 @@ impl Writer {
                 let existing: i64 = self
                     .conn
                     .prepare_cached("SELECT seq FROM message_outbox WHERE id = ?1")?
-                    .query_row([&id], |r| r.get(0))?;
+                    .query_row([id], |r| r.get(0))?;
                 delta.enqueue_duplicates += 1;
                 receipts.push(Receipt {
                     id: row.id,
