@@ -354,16 +354,16 @@ impl Outbox {
                 });
             }
         }
-        let mut next: HashMap<String, i64> = HashMap::new();
+        let mut next: HashMap<Arc<str>, i64> = HashMap::new();
         let mut receipts = Vec::with_capacity(rows.len());
         for row in rows {
             let seq = match next.get(&row.session) {
                 Some(n) => *n,
                 None => match durable_next_seq(tx, &row.session)? {
-                    Some(s) if s.workspace != route.workspace => {
+                    Some(s) if *s.workspace != *route.workspace => {
                         return Err(OutboxError::SessionRouteMismatch {
-                            session: row.session.clone(),
-                            existing: s.workspace,
+                            session: row.session.to_string(),
+                            existing: s.workspace.to_string(),
                             requested: route.workspace.clone(),
                         });
                     }
@@ -743,7 +743,7 @@ fn new_row(mut m: ChatMessage, max_content: usize) -> NewRow {
     NewRow {
         id: m.id,
         id_text: m.id.to_string(),
-        session: m.session_id.to_string(),
+        session: Arc::from(m.session_id.to_string()),
         role: m.role.as_str(),
         tool: m.tool.as_ref().and_then(|t| serde_json::to_string(t).ok()),
         created_at: format_timestamp(m.created_at),

@@ -47,7 +47,7 @@ pub(crate) struct NewRow {
     pub id: MessageId,
     /// `id` as stored (formatted by the producer, off the writer's path).
     pub id_text: String,
-    pub session: String,
+    pub session: Arc<str>,
     pub role: &'static str,
     pub content: String,
     pub tool: Option<String>,
@@ -220,7 +220,8 @@ impl Counters {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SessionSeq {
-    pub workspace: String,
+    /// Shared, not copied: the writer clones it for every row.
+    pub workspace: Arc<str>,
     pub next_seq: i64,
 }
 
@@ -228,7 +229,7 @@ pub(crate) struct SessionSeq {
 /// group has committed.
 #[derive(Debug, Default)]
 struct Delta {
-    sessions: HashMap<String, SessionSeq>,
+    sessions: HashMap<Arc<str>, SessionSeq>,
     pending: i64,
     enqueued: u64,
     enqueue_duplicates: u64,
@@ -269,11 +270,11 @@ pub(crate) struct Writer {
     counters: Arc<Counters>,
     notify: Arc<Notify>,
     clock: Arc<dyn LifecycleClock>,
-    sessions: HashMap<String, SessionSeq>,
+    sessions: HashMap<Arc<str>, SessionSeq>,
     /// Sessions whose cached `next_seq` is ahead of their `sessions` row. That is safe while
     /// their newest row is still in `message_outbox` (opening takes `MAX(seq) + 1` from
     /// there); any group that removes rows first writes these rows.
-    unsaved: HashSet<String>,
+    unsaved: HashSet<Arc<str>>,
     limits: WriterLimits,
     /// How long the last group took, begin to commit (bounds the next gather window).
     last_commit: Duration,
@@ -595,43 +596,43 @@ impl Writer {
                 .prepare_cached("SELECT workspace, next_seq FROM sessions WHERE session_id = ?1")?
                 .query_row([session], |r| {
                     Ok(SessionSeq {
-                        workspace: r.get(0)?,
+                        workspace: Arc::from(r.get::<_, String>(0)?),
                         next_seq: r.get(1)?,
                     })
                 })
                 .optional()?
         };
         if let Some(s) = &found {
-            self.sessions.insert(session.to_owned(), s.clone());
+            self.sessions.insert(Arc::from(session), s.clone());
         }
         Ok(found)
     }
 
     fn alloc_seq(
         &mut self,
-        session: &str,
+        session: &Arc<str>,
         workspace: &str,
         total: &Delta,
         delta: &mut Delta,
     ) -> Result<i64, OutboxError> {
         let state = self.session_state(session, total, delta)?;
         let state = match state {
-            Some(s) if s.workspace != workspace => {
+            Some(s) if &*s.workspace != workspace => {
                 return Err(OutboxError::SessionRouteMismatch {
-                    session: session.to_owned(),
-                    existing: s.workspace,
+                    session: session.to_string(),
+                    existing: s.workspace.to_string(),
                     requested: workspace.to_owned(),
                 });
             }
             Some(s) => s,
             None => SessionSeq {
-                workspace: workspace.to_owned(),
+                workspace: Arc::from(workspace),
                 next_seq: 1,
             },
         };
         let seq = state.next_seq;
         delta.sessions.insert(
-            session.to_owned(),
+            Arc::clone(session),
             SessionSeq {
                 workspace: state.workspace,
                 next_seq: seq + 1,
@@ -759,7 +760,7 @@ impl Writer {
         total: &Delta,
         delta: &mut Delta,
     ) -> Result<(), OutboxError> {
-        let seq = self.alloc_seq(session, workspace, total, delta)?;
+        let seq = self.alloc_seq(&Arc::from(session), workspace, total, delta)?;
         let created_at = crate::outbox::format_timestamp(self.clock.now());
         self.conn
             .prepare_cached(
@@ -931,7 +932,7 @@ impl Writer {
         if !total.removes_rows() {
             return Ok(());
         }
-        let mut names: Vec<&String> = total.sessions.keys().collect();
+        let mut names: Vec<&Arc<str>> = total.sessions.keys().collect();
         names.extend(
             self.unsaved
                 .iter()
@@ -974,7 +975,7 @@ pub(crate) fn durable_next_seq(
         .query_row([session], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(match found {
         (Some(workspace), Some(next_seq)) => Some(SessionSeq {
-            workspace,
+            workspace: workspace.into(),
             next_seq,
         }),
         _ => None,
