@@ -49,16 +49,20 @@ fn seqs_are_contiguous_per_session_and_survive_reopen() {
     assert_eq!(seqs[&b], [1, 2]);
 }
 
+/// The default configuration with waiters spinning for `spin` before they sleep.
+fn spinning(spin: Duration) -> OutboxConfig {
+    OutboxConfig {
+        group_commit_spin: spin,
+        ..OutboxConfig::default()
+    }
+}
+
 #[test]
 fn concurrent_producers_share_commits_and_get_distinct_seqs() {
     // Waiters that park at once, and waiters that spin first (the default).
     for spin in [Duration::ZERO, OutboxConfig::default().group_commit_spin] {
         let dir = tempfile::tempdir().unwrap();
-        let config = OutboxConfig {
-            group_commit_spin: spin,
-            ..OutboxConfig::default()
-        };
-        let outbox = open(&dir, config);
+        let outbox = open(&dir, spinning(spin));
         let session = SessionId::new();
         let threads: Vec<_> = (0..16)
             .map(|_| {
@@ -96,11 +100,7 @@ fn concurrent_producers_share_commits_and_get_distinct_seqs() {
 async fn async_producers_are_answered_whether_the_writer_spins_or_sleeps() {
     for spin in [Duration::ZERO, Duration::from_millis(50)] {
         let dir = tempfile::tempdir().unwrap();
-        let config = OutboxConfig {
-            group_commit_spin: spin,
-            ..OutboxConfig::default()
-        };
-        let outbox = open(&dir, config);
+        let outbox = open(&dir, spinning(spin));
         let session = SessionId::new();
         let calls: Vec<_> = (0..8)
             .map(|_| {
