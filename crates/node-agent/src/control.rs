@@ -1,14 +1,16 @@
 //! The client side of the node protocol ([`kiln_core::protocol`]): hello, heartbeats, the
-//! command long-poll, workspace events and live text deltas, over HTTP with the node's token.
+//! command long-poll, workspace events and live text deltas, over HTTP with the node's token;
+//! and a workspace's git token again after a restart ([`ControlPlaneClient::git_token`]).
 
 use std::time::Duration;
 
-use kiln_core::NodeId;
 use kiln_core::protocol::{
     CommandBatch, DeltaBatch, Heartbeat, NODE_STOPPED, NodeHello, WorkspaceEvent,
 };
+use kiln_core::secret::Secret;
+use kiln_core::{NodeId, WorkspaceId};
 use reqwest::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{NodeError, Result, shorten};
 
@@ -110,6 +112,36 @@ impl ControlPlaneClient {
             message: format!("undecodable command batch: {e}"),
             retry_after: None,
         })
+    }
+
+    /// `GET /api/nodes/{id}/workspaces/{workspace}/git-token`: the git token of a
+    /// workspace's project, for a restarted node that no longer holds it (see
+    /// [`crate::credentials`]). The token is held in memory only, never written or logged.
+    ///
+    /// # Errors
+    /// As [`hello`](Self::hello); [`NodeError::Rejected`] with status 404 when the control
+    /// plane has no token for the workspace (or no such workspace on this node).
+    pub async fn git_token(&self, workspace: WorkspaceId) -> Result<Secret> {
+        #[derive(Deserialize)]
+        struct GitToken {
+            token: Secret,
+        }
+        let response = self
+            .http
+            .get(self.node_url(&format!("workspaces/{workspace}/git-token")))
+            .bearer_auth(&self.token)
+            // The workspace waits on it (a clone, a push, an agent's start).
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let response = check(response).await?;
+        // The body is not shown on failure: it would be the token.
+        let body: GitToken = response.json().await.map_err(|_| NodeError::Unavailable {
+            message: "undecodable git token answer".into(),
+            retry_after: None,
+        })?;
+        Ok(body.token)
     }
 
     async fn post<B: Serialize + ?Sized>(

@@ -27,10 +27,21 @@
 //!
 //! * **Persistent traces**: the token is never written to disk (not `.git/config`: `-c`
 //!   before the subcommand is not persisted, even by `clone`; not the remote URL; not the
-//!   workspace record, so a restarted `kiln-node` no longer has it and a later push fails
-//!   with an authentication error), never on a command line (visible in `ps`), never logged
-//!   ([`kiln_core::secret::Secret`] redacts itself in `Debug`; git's output is redacted
-//!   before it becomes an error), never in a chat message or delta ([`crate::redact`]).
+//!   workspace record, which says only *that* the create command carried one), never on a
+//!   command line (visible in `ps`), never logged ([`kiln_core::secret::Secret`] redacts
+//!   itself in `Debug`; git's output is redacted before it becomes an error), never in a
+//!   chat message, delta or event ([`crate::redact`]).
+//! * **Restarts**: a restarted `kiln-node` has lost every token with its memory. A workspace
+//!   it finds on disk whose record says there was one asks the control plane again, before
+//!   its agent starts (so the agent's words are redacted of it) and before it pushes:
+//!   `GET /api/nodes/{nodeId}/workspaces/{workspaceId}/git-token`
+//!   ([`crate::control::ControlPlaneClient::git_token`]), authenticated with the node's own
+//!   token, answered only for a live workspace on that node, with `Cache-Control: no-store`.
+//!   The answer stays in memory as before. When it cannot be had (the project's token was
+//!   deleted, the control plane stays unreachable), the push is not attempted and the task
+//!   fails saying why. This widens nothing: the node's token (`CALLBACK_TOKEN`, in its
+//!   environment, never in an agent's) already receives the git tokens of its workspaces in
+//!   the command poll; the endpoint answers it for that node's live workspaces only.
 //! * **The agent** runs as the same OS user as `kiln-node` in a disposable checkout. It is not
 //!   given the token: not in its environment, not in the checkout's configuration, so its own
 //!   `git push` gets no credentials. While a clone or push runs, a process of the same user

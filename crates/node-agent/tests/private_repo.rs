@@ -3,7 +3,10 @@
 //! the project's token. With the token the task branch is pushed; without it, or with a
 //! wrong one, the task fails with a clear message; the token shows up nowhere: not in the
 //! checkout's `.git/config`, not in any file of the node's data directory, not in the node's
-//! logs, not in the messages, deltas or events it sends (the demo agent echoes it).
+//! logs, not in the messages, deltas or events it sends (the demo agent echoes it). A node
+//! that restarts in the middle of a task asks the control plane for the token again when
+//! it pushes (and redacts it again), still without writing it anywhere; when it cannot get
+//! it back, the task fails saying so.
 
 mod common;
 #[path = "common/git_http.rs"]
@@ -55,16 +58,36 @@ impl Write for LogWriter {
 
 struct Run {
     fake: Fake,
+    url: String,
+    node_id: NodeId,
     data: tempfile::TempDir,
-    _node: tokio::task::JoinHandle<kiln_node::Result<kiln_node::NodeExit>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    node: tokio::task::JoinHandle<kiln_node::Result<kiln_node::NodeExit>>,
 }
 
 /// A node whose agent echoes `say` (a node knows only its own secrets: another test's token
 /// is just text to it).
 async fn start_node(say: Option<&str>) -> Run {
     let (fake, url) = start_fake().await;
-    let data = tempfile::tempdir().unwrap();
-    let mut config = NodeConfig::new(NodeId::new(), &url, NODE_TOKEN, data.path());
+    start_node_in(fake, url, NodeId::new(), tempfile::tempdir().unwrap(), say).await
+}
+
+/// Stops the node (its agents go with it) and starts it again on the same data directory,
+/// as after a crash or an upgrade of `kiln-node`.
+async fn restart(run: Run, say: Option<&str>) -> Run {
+    run.stop.send_replace(true);
+    run.node.await.unwrap().unwrap();
+    start_node_in(run.fake, run.url, run.node_id, run.data, say).await
+}
+
+async fn start_node_in(
+    fake: Fake,
+    url: String,
+    node_id: NodeId,
+    data: tempfile::TempDir,
+    say: Option<&str>,
+) -> Run {
+    let mut config = NodeConfig::new(node_id, &url, NODE_TOKEN, data.path());
     config.agent_command = env!("CARGO_BIN_EXE_kiln-demo-agent").to_owned();
     config.git_credential_helper = env!("CARGO_BIN_EXE_kiln-node").into();
     config.heartbeat_interval = Duration::from_millis(200);
@@ -82,19 +105,34 @@ async fn start_node(say: Option<&str>) -> Run {
         retry_max_interval: Duration::from_millis(200),
         ..OutboxConfig::default()
     };
-    let routes = OutboxRoutes::open(
-        &data.path().join("outbox.sqlite"),
-        outbox,
-        &url,
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    // A previous node on this directory may still be closing its outbox.
+    let mut attempts = 0;
+    let routes = loop {
+        match OutboxRoutes::open(
+            &data.path().join("outbox.sqlite"),
+            outbox.clone(),
+            &url,
+            Arc::new(SystemClock),
+        ) {
+            Ok(routes) => break routes,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("outbox: {e}"),
+        }
+    };
     let node = Node::start(config, Arc::new(routes)).await.unwrap();
+    let stop = node.stop_handle();
     let node = tokio::spawn(node.run());
     Run {
         fake,
+        url,
+        node_id,
         data,
-        _node: node,
+        stop,
+        node,
     }
 }
 
@@ -104,6 +142,10 @@ struct Task {
 }
 
 fn create(run: &Run, repository_url: &str, token: Option<&str>) -> Task {
+    create_with(run, repository_url, token, "Add a greeting")
+}
+
+fn create_with(run: &Run, repository_url: &str, token: Option<&str>, prompt: &str) -> Task {
     let (workspace, task) = (WorkspaceId::new(), TaskId::new());
     run.fake.push(NodeCommand::CreateWorkspace {
         workspace_id: workspace,
@@ -114,7 +156,7 @@ fn create(run: &Run, repository_url: &str, token: Option<&str>) -> Task {
         branch: Some(format!("task/{task}")),
         prompt: Some(Prompt {
             message_id: MessageId::for_task_prompt(task),
-            text: "Add a greeting".into(),
+            text: prompt.into(),
         }),
         callback_token: format!("ws-token-{workspace}"),
         agent_hint: None,
@@ -340,4 +382,159 @@ async fn a_wrong_token_fails_the_checkout_of_a_private_repository() {
         Vec::<String>::new()
     );
     assert_not_logged(wrong);
+}
+
+/// A task on a private repository whose agent is in the middle of its turn when the node
+/// restarts (the turn is lost with the agent process and reported failed); then a prompt
+/// to the resumed workspace, whose turn ends the task. Returns the task, how many requests
+/// the git server had seen before that prompt, and the event that ended the task.
+async fn restart_mid_task(
+    server: &GitHttp,
+    forget_token: bool,
+) -> (Run, Task, usize, WorkspaceEvent) {
+    let repository_url = format!("{}/origin.git", server.url);
+    let run = start_node(Some(TOKEN)).await;
+    let t = create_with(
+        &run,
+        &repository_url,
+        Some(TOKEN),
+        "Add a greeting\nkiln-demo: hang",
+    );
+    run.fake
+        .wait_for(30, "the turn under way", |i| {
+            i.messages
+                .iter()
+                .any(|m| m.tool.as_ref().is_some_and(|t| t.tool == "plan"))
+                .then_some(())
+        })
+        .await;
+    assert!(server.authorized() >= 1, "the clone used the token");
+    let record = std::fs::read_to_string(
+        run.data
+            .path()
+            .join(format!("workspaces/{}/workspace.json", t.workspace)),
+    )
+    .unwrap();
+    assert!(record.contains("\"gitTokenGiven\": true"), "{record}");
+    assert!(!record.contains(TOKEN), "{record}");
+
+    // A node that cannot get the token back cannot redact it either: there, the new agent
+    // process comes across nothing to echo.
+    let run = restart(run, (!forget_token).then_some(TOKEN)).await;
+    let interrupted = terminal(&run.fake, t.workspace).await;
+    assert!(
+        matches!(&interrupted, WorkspaceEvent::Failed { error, .. } if error.contains("restarted during")),
+        "{interrupted:?}"
+    );
+    if forget_token {
+        // The control plane no longer has a token for it (the project's was deleted).
+        run.fake.lock().git_tokens.clear();
+    }
+    let asked_before = run.fake.lock().git_token_requests;
+    assert_eq!(asked_before, 0, "nobody asked before it was needed");
+    let git_requests = server.log().len();
+    run.fake.push(NodeCommand::Prompt {
+        workspace_id: t.workspace,
+        prompt: Prompt {
+            message_id: MessageId::new(),
+            text: "Finish the greeting".into(),
+        },
+    });
+    let done = run
+        .fake
+        .wait_for(90, "the end of the resumed task", |inner| {
+            inner
+                .events
+                .iter()
+                .filter(|e| {
+                    matches!(e,
+                        WorkspaceEvent::Completed { workspace_id, .. }
+                        | WorkspaceEvent::Failed { workspace_id, .. } if *workspace_id == t.workspace)
+                })
+                .nth(1)
+                .cloned()
+        })
+        .await;
+    (run, t, git_requests, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_asks_for_the_token_again_and_pushes_the_task_branch() {
+    logs();
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let server = GitHttp::start(repos.path().to_path_buf(), TOKEN, Access::Private).await;
+    let (run, t, _, done) = restart_mid_task(&server, false).await;
+
+    let WorkspaceEvent::Completed {
+        branch: Some(branch),
+        warning: None,
+        summary: Some(summary),
+        ..
+    } = &done
+    else {
+        panic!("the resumed task must complete and push, got {done:?}");
+    };
+    assert!(branch_exists(&bare, branch), "the task branch is pushed");
+    assert!(
+        server.authorized() >= 2,
+        "clone and push both authenticated: {:?}",
+        server.log()
+    );
+    assert!(
+        run.fake.lock().git_token_requests >= 1,
+        "the restarted node asked the control plane for the token"
+    );
+    // The token asked for again is redacted from what the new agent process says.
+    assert!(summary.ends_with("By the way: [redacted]."), "{summary}");
+    assert!(!sent_to_control_plane(&run.fake).contains(TOKEN));
+    // Still nowhere on disk (the record says only that there was one) nor in the logs.
+    assert_eq!(
+        files_containing(run.data.path(), TOKEN),
+        Vec::<String>::new()
+    );
+    let record = std::fs::read_to_string(
+        run.data
+            .path()
+            .join(format!("workspaces/{}/workspace.json", t.workspace)),
+    )
+    .unwrap();
+    assert!(record.contains("\"gitTokenGiven\": true"), "{record}");
+    assert_not_logged(TOKEN);
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_that_cannot_get_the_token_back_fails_the_push_saying_why() {
+    logs();
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let server = GitHttp::start(repos.path().to_path_buf(), TOKEN, Access::Private).await;
+    let (run, t, git_requests, done) = restart_mid_task(&server, true).await;
+
+    let WorkspaceEvent::Failed { error, .. } = &done else {
+        panic!("without its token the push cannot succeed, got {done:?}");
+    };
+    assert!(
+        error.starts_with(
+            "git push not attempted: the project's git token could not be fetched again from \
+             the control plane after kiln-node restarted: control plane rejected the request (404)"
+        ) && error.contains("no_git_token"),
+        "{error}"
+    );
+    assert!(!branch_exists(&bare, &format!("task/{}", t.task)));
+    assert_eq!(
+        server.log().len(),
+        git_requests,
+        "no push was tried without the token: {:?}",
+        server.log()
+    );
+    assert_eq!(
+        files_containing(run.data.path(), TOKEN),
+        Vec::<String>::new()
+    );
+    assert_not_logged(TOKEN);
+    run.stop.send_replace(true);
+    let _ = run.node.await;
 }

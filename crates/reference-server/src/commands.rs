@@ -12,7 +12,9 @@
 //! limits then fail the task with a reason.
 //!
 //! A project's git token is never queued nor relayed: [`attach_git_tokens`] adds it to a
-//! `create_workspace` command as the poll answers the node.
+//! `create_workspace` command as the poll answers the node, and [`project_git_token`] opens
+//! it again for a restarted node that asks for it (`GET
+//! /api/nodes/{nodeId}/workspaces/{workspaceId}/git-token`).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -215,7 +217,6 @@ pub async fn attach_git_tokens(
     credentials: &crate::credentials::Credentials,
     commands: &mut [SequencedCommand],
 ) -> Result<(), StoreError> {
-    use kiln_core::SecretStoreExt as _;
     for sequenced in commands {
         let NodeCommand::CreateWorkspace {
             workspace_id,
@@ -226,30 +227,60 @@ pub async fn attach_git_tokens(
         else {
             continue;
         };
-        let Some(project) = store.get_project(*project_id).await? else {
-            continue;
-        };
-        let Some(stored) = store
-            .effective_secret(
-                project.owner,
-                Some(project.id),
-                kiln_core::SecretKind::GitToken,
-            )
-            .await?
-        else {
-            continue;
-        };
-        match credentials.open(&stored) {
-            Ok(token) => *git_token = Some(kiln_core::secret::Secret::new(token)),
-            Err(err) => tracing::warn!(
+        match project_git_token(store, credentials, *project_id).await? {
+            ProjectGitToken::Opened(token) => *git_token = Some(token),
+            ProjectGitToken::None => {}
+            ProjectGitToken::Unopenable(err) => tracing::warn!(
                 workspace = %workspace_id,
-                project = %project.id,
+                project = %project_id,
                 %err,
                 "the project's git token cannot be opened (vault key changed?); the workspace gets none"
             ),
         }
     }
     Ok(())
+}
+
+/// What [`project_git_token`] found.
+#[derive(Debug)]
+pub enum ProjectGitToken {
+    /// The token, opened.
+    Opened(kiln_core::secret::Secret),
+    /// The project (or its owner, as a default) has none, or the project is gone.
+    None,
+    /// A token is stored but the vault cannot open it (its key changed).
+    Unopenable(kiln_backends::vault::VaultError),
+}
+
+/// The git token of `project` (its own, else its owner's default), opened with the vault:
+/// what [`attach_git_tokens`] adds to a `create_workspace` command, and what a restarted
+/// node asks for again (`GET /api/nodes/{nodeId}/workspaces/{workspaceId}/git-token`).
+///
+/// # Errors
+/// The store failed.
+pub async fn project_git_token(
+    store: &Arc<dyn Store>,
+    credentials: &crate::credentials::Credentials,
+    project: kiln_core::ProjectId,
+) -> Result<ProjectGitToken, StoreError> {
+    use kiln_core::SecretStoreExt as _;
+    let Some(project) = store.get_project(project).await? else {
+        return Ok(ProjectGitToken::None);
+    };
+    let Some(stored) = store
+        .effective_secret(
+            project.owner,
+            Some(project.id),
+            kiln_core::SecretKind::GitToken,
+        )
+        .await?
+    else {
+        return Ok(ProjectGitToken::None);
+    };
+    Ok(match credentials.open(&stored) {
+        Ok(token) => ProjectGitToken::Opened(kiln_core::secret::Secret::new(token)),
+        Err(err) => ProjectGitToken::Unopenable(err),
+    })
 }
 
 /// Reads back a prompt text left out of a relayed command.

@@ -7,16 +7,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use kiln_core::protocol::{Prompt, WorkspaceEvent};
+use kiln_core::secret::Secret;
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{RecordStatus, WorkspaceRecord};
 use super::{NodeShared, git};
 use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind, TurnSummary};
-use crate::credentials::GitCredential;
+use crate::control::ControlPlaneClient;
+use crate::credentials::{GitCredential, http_origin};
 use crate::error::{NodeError, Result};
 use crate::recorder::MessageRecorder;
 use crate::redact::Redactor;
 use crate::routes::RouteSpec;
+
+/// How many times a restarted workspace asks the control plane for its git token while the
+/// control plane is unreachable (0.5 s, then 1 s apart) before the git command fails.
+const GIT_TOKEN_ATTEMPTS: u32 = 3;
 
 /// What the node asks of a workspace.
 #[derive(Debug)]
@@ -31,7 +37,8 @@ pub(crate) struct WorkspaceActor {
     pub shared: Arc<NodeShared>,
     pub dir: PathBuf,
     pub record: WorkspaceRecord,
-    /// The project's git token, for clone and push (memory only).
+    /// The project's git token, for clone and push (memory only; after a restart, asked
+    /// again of the control plane when first needed).
     pub git_credential: Option<GitCredential>,
     /// The secret values redacted from what the agent says.
     pub redactor: Redactor,
@@ -89,21 +96,93 @@ impl WorkspaceActor {
         Ok(())
     }
 
+    /// The git credential for a clone or push: the one in memory, else (a workspace a
+    /// restarted node found on disk) its token asked again of the control plane, kept in
+    /// memory only and added to the redactor. `Ok(None)`: the workspace has no token. The
+    /// error says why the token could not be had (it never holds the token).
+    async fn ensure_git_credential(
+        &mut self,
+    ) -> std::result::Result<Option<GitCredential>, String> {
+        if self.git_credential.is_some() {
+            return Ok(self.git_credential.clone());
+        }
+        let wanted = match self.record.git_token_given {
+            Some(given) => given,
+            // Written by an earlier kiln-node, which did not say: only http(s) can use one.
+            None => http_origin(&self.record.repository_url).is_some(),
+        };
+        if !wanted {
+            return Ok(None);
+        }
+        match self.fetch_git_token().await {
+            Ok(token) => {
+                let config = &self.shared.config;
+                self.redactor = super::redactor(config, &self.record, Some(&token));
+                self.git_credential = super::git_credential(config, &self.record, Some(token));
+                if self.record.git_token_given.is_none() {
+                    self.record.git_token_given = Some(true);
+                    self.save();
+                }
+                tracing::info!(workspace = %self.id(), "git token fetched again from the control plane");
+                Ok(self.git_credential.clone())
+            }
+            Err(NodeError::Rejected { status: 404, .. })
+                if self.record.git_token_given.is_none() =>
+            {
+                self.record.git_token_given = Some(false);
+                self.save();
+                Ok(None)
+            }
+            Err(e) if self.record.git_token_given.is_none() => {
+                tracing::warn!(workspace = %self.id(), error = %e, "going without a git token (the control plane was not reached)");
+                Ok(None)
+            }
+            Err(e) => Err(format!(
+                "the project's git token could not be fetched again from the control plane after kiln-node restarted: {e}"
+            )),
+        }
+    }
+
+    /// Asks the control plane for the workspace's git token, again while it is unreachable.
+    async fn fetch_git_token(&self) -> Result<Secret> {
+        let config = &self.shared.config;
+        let control = ControlPlaneClient::new(
+            &config.control_plane_url,
+            config.node_id,
+            &config.callback_token,
+        )?;
+        let mut delay = Duration::from_millis(500);
+        let mut attempt = 1;
+        loop {
+            match control.git_token(self.id()).await {
+                Err(e) if e.is_retryable() && attempt < GIT_TOKEN_ATTEMPTS => {
+                    tracing::debug!(workspace = %self.id(), error = %e, "git token not fetched yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
     /// Checks out the repository on the task branch (a fresh workspace).
     async fn prepare(&mut self) -> Result<()> {
         self.open_route().await?;
+        let credential = self
+            .ensure_git_credential()
+            .await
+            .map_err(|message| NodeError::Git {
+                command: "clone".into(),
+                message,
+            })?;
         let checkout = self.checkout();
         if checkout.exists() {
             // A previous attempt died half-way: start the checkout over.
             std::fs::remove_dir_all(&checkout)
                 .map_err(|e| crate::NodeError::io("removing a partial checkout", e))?;
         }
-        git::clone_or_init(
-            &self.record.repository_url,
-            &checkout,
-            self.git_credential.as_ref(),
-        )
-        .await?;
+        git::clone_or_init(&self.record.repository_url, &checkout, credential.as_ref()).await?;
         if let Some(base) = self.record.requested_branch.clone() {
             let branch = git::create_task_branch(&checkout, &base).await?;
             if branch != base {
@@ -191,7 +270,7 @@ impl WorkspaceActor {
             self.fail(format!("the agent could not start: {e}"));
         } else if let Some(p) = prompt {
             // Queued by the host until the agent's session is open.
-            self.send_prompt(p);
+            self.send_prompt(p).await;
         }
         self.run().await;
     }
@@ -213,12 +292,17 @@ impl WorkspaceActor {
         self.run().await;
     }
 
-    fn send_prompt(&mut self, prompt: Prompt) {
-        if self.host.is_none()
-            && let Err(e) = self.start_agent()
-        {
-            self.fail(format!("the agent could not start: {e}"));
-            return;
+    async fn send_prompt(&mut self, prompt: Prompt) {
+        if self.host.is_none() {
+            // A workspace a restarted node found: its token back first, so the agent's words
+            // are redacted of it from the start.
+            if let Err(e) = self.ensure_git_credential().await {
+                tracing::warn!(workspace = %self.id(), error = %e, "the agent starts without the git token (the push asks again)");
+            }
+            if let Err(e) = self.start_agent() {
+                self.fail(format!("the agent could not start: {e}"));
+                return;
+            }
         }
         if self.record.topic.is_none() {
             self.record.topic = Some(kiln_core::model::topic_from_message(&prompt.text));
@@ -235,7 +319,7 @@ impl WorkspaceActor {
         loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
-                    Some(WorkspaceCommand::Prompt(p)) => self.send_prompt(p),
+                    Some(WorkspaceCommand::Prompt(p)) => self.send_prompt(p).await,
                     Some(WorkspaceCommand::Cancel) => match &self.host {
                         Some(host) => host.cancel(),
                         None => {
@@ -331,13 +415,22 @@ impl WorkspaceActor {
         match git::commit_all(&checkout, &message).await {
             Ok(committed) => {
                 tracing::info!(workspace = %self.id(), committed, "work committed");
-                match (git::has_origin(&checkout).await, &self.record.branch) {
+                match (git::has_origin(&checkout).await, self.record.branch.clone()) {
                     (Ok(true), Some(branch)) => {
+                        let credential = match self.ensure_git_credential().await {
+                            Ok(credential) => credential,
+                            Err(e) => {
+                                // Without its token the push would be refused: the task failed.
+                                self.stop_agent().await;
+                                self.fail(format!("git push not attempted: {e}"));
+                                return;
+                            }
+                        };
                         let pushed = git::push(
                             &checkout,
                             &self.record.repository_url,
-                            branch,
-                            self.git_credential.as_ref(),
+                            &branch,
+                            credential.as_ref(),
                         )
                         .await;
                         match pushed {

@@ -4,9 +4,11 @@
 //! a slow clone never holds up the node's command loop.
 //!
 //! A project's git token arrives with the create command and stays in the workspace's
-//! memory only (never in the record): clone and push get it through the credential helper
-//! ([`crate::credentials`]), and the capture redacts it, and the node's and the workspace's
-//! callback tokens, from everything the agent says ([`crate::redact`]).
+//! memory only (the record says only that there was one): clone and push get it through the
+//! credential helper ([`crate::credentials`]), and the capture redacts it, and the node's and
+//! the workspace's callback tokens, from everything the agent says ([`crate::redact`]). A
+//! workspace a restarted node finds on disk asks the control plane for its token again
+//! before its agent starts or its branch is pushed.
 
 mod actor;
 pub mod git;
@@ -54,6 +56,36 @@ struct Handle {
     agent_running: Arc<AtomicBool>,
 }
 
+/// What a workspace redacts from its agent's words: the node's and the workspace's callback
+/// tokens and the git token, if it has one.
+fn redactor(config: &NodeConfig, record: &WorkspaceRecord, git_token: Option<&Secret>) -> Redactor {
+    Redactor::new(
+        [
+            Some(config.callback_token.as_str()),
+            Some(record.callback_token.as_str()),
+            git_token.map(Secret::expose),
+        ]
+        .into_iter()
+        .flatten(),
+    )
+}
+
+/// The credential clone and push hand to git, when there is a token.
+fn git_credential(
+    config: &NodeConfig,
+    record: &WorkspaceRecord,
+    git_token: Option<Secret>,
+) -> Option<GitCredential> {
+    git_token
+        .filter(|t| !t.is_empty())
+        .map(|token| GitCredential {
+            repository_url: record.repository_url.clone(),
+            token,
+            helper: config.git_credential_helper.clone(),
+            runtime_dir: config.runtime_dir(),
+        })
+}
+
 /// The workspaces of one node.
 #[derive(Debug)]
 pub struct Workspaces {
@@ -82,23 +114,8 @@ impl Workspaces {
         git_token: Option<Secret>,
     ) -> (WorkspaceActor, Handle) {
         let config = &self.shared.config;
-        let redactor = Redactor::new(
-            [
-                Some(config.callback_token.as_str()),
-                Some(record.callback_token.as_str()),
-                git_token.as_ref().map(Secret::expose),
-            ]
-            .into_iter()
-            .flatten(),
-        );
-        let git_credential = git_token
-            .filter(|t| !t.is_empty())
-            .map(|token| GitCredential {
-                repository_url: record.repository_url.clone(),
-                token,
-                helper: config.git_credential_helper.clone(),
-                runtime_dir: config.runtime_dir(),
-            });
+        let redactor = redactor(config, &record, git_token.as_ref());
+        let git_credential = git_credential(config, &record, git_token);
         // A workspace found on disk had its agent start reported by the previous run.
         let started_reported = record.status != RecordStatus::Creating;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -140,7 +157,8 @@ impl Workspaces {
                 }
                 Ok(record) => {
                     let id = record.workspace_id;
-                    // The git token is not kept on disk: a resumed workspace has none.
+                    // The git token is not kept on disk: the workspace asks for it again
+                    // when it needs it.
                     let (actor, handle) = self.actor(dir, record, None);
                     self.handles.lock().await.insert(id, handle);
                     tokio::spawn(actor.run_resumed());
@@ -198,6 +216,7 @@ impl Workspaces {
                     });
                     return;
                 }
+                let git_token = git_token.filter(|t| !t.is_empty());
                 let record = WorkspaceRecord {
                     workspace_id,
                     project_id,
@@ -207,6 +226,7 @@ impl Workspaces {
                     requested_branch: branch,
                     branch: None,
                     callback_token,
+                    git_token_given: Some(git_token.is_some()),
                     agent_hint,
                     topic: None,
                     acp_session_id: None,

@@ -43,6 +43,13 @@ pub struct WorkspaceRecord {
     pub branch: Option<String>,
     /// The workspace's callback token (the file is readable by the node's user only).
     pub callback_token: String,
+    /// Whether the create command carried a git token. The token itself is never stored: a
+    /// restarted node that needs it asks the control plane again
+    /// ([`crate::control::ControlPlaneClient::git_token`]). `None` in a record written
+    /// before this field existed (the node then asks for an `http(s)` repository, and goes
+    /// without when the control plane has none).
+    #[serde(default)]
+    pub git_token_given: Option<bool>,
     /// The agent hint.
     pub agent_hint: Option<String>,
     /// The first line of the first prompt (for the commit message).
@@ -109,4 +116,44 @@ pub(crate) fn write_private_json<T: Serialize>(path: &Path, value: &T) -> Result
         std::fs::rename(&tmp, path)
     };
     write().map_err(|e| NodeError::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_says_only_whether_there_was_a_git_token_and_old_records_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = WorkspaceRecord {
+            workspace_id: WorkspaceId::new(),
+            project_id: None,
+            session_id: None,
+            task_id: None,
+            repository_url: "https://git.example.com/team/app.git".into(),
+            requested_branch: None,
+            branch: None,
+            callback_token: "ws-token".into(),
+            git_token_given: Some(true),
+            agent_hint: None,
+            topic: None,
+            acp_session_id: None,
+            status: RecordStatus::Running,
+            turn_active: false,
+            last_event: None,
+        };
+        record.save(dir.path()).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(WorkspaceRecord::path(dir.path())).unwrap())
+                .unwrap();
+        assert_eq!(json["gitTokenGiven"], true);
+        assert_eq!(WorkspaceRecord::load(dir.path()).unwrap(), record);
+
+        // Written by a kiln-node from before the field: it loads, and does not say.
+        json.as_object_mut().unwrap().remove("gitTokenGiven");
+        std::fs::write(WorkspaceRecord::path(dir.path()), json.to_string()).unwrap();
+        let old = WorkspaceRecord::load(dir.path()).unwrap();
+        assert_eq!(old.git_token_given, None);
+        assert_eq!(old.repository_url, record.repository_url);
+    }
 }

@@ -39,6 +39,10 @@ pub struct Inner {
     /// Tokens each workspace's deliveries must carry.
     pub workspace_tokens: HashMap<WorkspaceId, String>,
     pub rejected_auth: u64,
+    /// The git token of each workspace created with one (what the control plane would
+    /// answer a restarted node), and how many times a node asked for one.
+    pub git_tokens: HashMap<WorkspaceId, String>,
+    pub git_token_requests: u64,
 }
 
 /// The fake control plane's state, shared with the test.
@@ -66,12 +70,18 @@ impl Fake {
         if let NodeCommand::CreateWorkspace {
             workspace_id,
             callback_token,
+            git_token,
             ..
         } = &command
         {
             inner
                 .workspace_tokens
                 .insert(*workspace_id, callback_token.clone());
+            if let Some(token) = git_token {
+                inner
+                    .git_tokens
+                    .insert(*workspace_id, token.expose().to_owned());
+            }
         }
         let seq = inner.commands.len() as u64 + 1;
         inner.commands.push(SequencedCommand { seq, command });
@@ -209,6 +219,30 @@ async fn events(State(fake): State<Fake>, Json(body): Json<WorkspaceEvent>) -> R
     Json(serde_json::json!({})).into_response()
 }
 
+async fn git_token(
+    State(fake): State<Fake>,
+    UrlPath((_, workspace)): UrlPath<(String, WorkspaceId)>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&headers, NODE_TOKEN) {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let mut inner = fake.lock();
+    inner.git_token_requests += 1;
+    match inner.git_tokens.get(&workspace) {
+        Some(token) => (
+            [("cache-control", "no-store")],
+            Json(serde_json::json!({ "token": token })),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({"error": "no_git_token", "message": "the workspace's project has no git token"})),
+        )
+            .into_response(),
+    }
+}
+
 async fn deltas(State(fake): State<Fake>, Json(body): Json<DeltaBatch>) -> Response {
     fake.lock().deltas.extend(body.deltas);
     (StatusCode::ACCEPTED, Json(serde_json::json!({}))).into_response()
@@ -267,6 +301,10 @@ pub async fn start_fake_on(addr: SocketAddr) -> (Fake, String) {
         .route("/api/nodes/{id}/commands", get(commands))
         .route("/api/nodes/{id}/events", post(events))
         .route("/api/nodes/{id}/deltas", post(deltas))
+        .route(
+            "/api/nodes/{id}/workspaces/{workspace}/git-token",
+            get(git_token),
+        )
         .route("/api/workspaces/{id}/messages", post(messages))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");

@@ -4,6 +4,7 @@ pub(crate) mod account;
 pub(crate) mod credentials;
 pub(crate) mod messages;
 pub(crate) mod node_binary;
+pub(crate) mod node_git_token;
 pub(crate) mod node_protocol;
 pub(crate) mod nodes;
 pub(crate) mod projects;
@@ -80,6 +81,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/nodes/{nodeId}/commands", get(node_protocol::commands))
         .route("/api/nodes/{nodeId}/events", post(node_protocol::events))
         .route("/api/nodes/{nodeId}/deltas", post(node_protocol::deltas))
+        .route(
+            "/api/nodes/{nodeId}/workspaces/{workspaceId}/git-token",
+            get(node_git_token::get),
+        )
         .route("/api/workspaces", get(nodes::list_workspaces))
         .route("/api/workspaces/{workspaceId}", get(nodes::get_workspace))
         .route(
