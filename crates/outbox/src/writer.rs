@@ -276,7 +276,8 @@ pub(crate) struct Writer {
     /// there); any group that removes rows first writes these rows.
     unsaved: HashSet<Arc<str>>,
     limits: WriterLimits,
-    /// How long the last group took, begin to commit (bounds the next gather window).
+    /// How long the last group took, begin to commit, less its waits for arrivals (bounds
+    /// the next gather window).
     last_commit: Duration,
     /// Test hook: the next N commits fail as if SQLite had refused them.
     fail_commits: Arc<AtomicU32>,
@@ -381,7 +382,7 @@ impl Writer {
         Ok(())
     }
 
-    /// How long the last group took.
+    /// How long the last group took, less its waits for arrivals.
     pub(crate) fn last_commit(&self) -> Duration {
         self.last_commit
     }
@@ -399,8 +400,16 @@ impl Writer {
         more: &mut dyn FnMut(usize) -> Vec<Command>,
     ) -> usize {
         let started = Instant::now();
+        // Time spent waiting for arrivals is not the commit's cost (see `last_commit`).
+        let mut waited = Duration::ZERO;
+        let mut more = |have: usize| {
+            let asked = Instant::now();
+            let arrived = more(have);
+            waited += asked.elapsed();
+            arrived
+        };
         let mut group = group;
-        let results = match self.run_group(&mut group, false, more) {
+        let results = match self.run_group(&mut group, false, &mut more) {
             Ok(results) => Ok(results),
             Err(GroupError::Command(e)) if group.len() == 1 => Ok(vec![Err(e)]),
             Err(GroupError::Command(_)) => {
@@ -411,7 +420,7 @@ impl Writer {
             }
             Err(GroupError::Commit(e)) => Err(e),
         };
-        self.last_commit = started.elapsed();
+        self.last_commit = started.elapsed().saturating_sub(waited);
         let served = group.len();
         match results {
             Ok(results) => {
