@@ -7,16 +7,20 @@
 //! `PUT /api/projects/{id}/git-token`) the task branch is pushed; and the token appears in no
 //! file of the server's data directory (its database, its log, each node's log, outbox and
 //! checkouts with their `.git/config`), in no API response and in no WebSocket frame.
+//!
+//! A `kiln-node` killed and started again (a crash, an upgrade) gets the token back from the
+//! server for the workspace it resumes, so the new agent process's echo of it is redacted
+//! too; the token is still in no file.
 
 mod e2e_support;
 #[path = "../crates/node-agent/tests/common/git_http.rs"]
 mod git_http;
 
-use std::path::Path;
-use std::process::Command;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use e2e_support::{Api, Kiln, drain};
+use e2e_support::{Api, Kiln, bin_dir, drain};
 use git_http::{Access, GitHttp};
 use serde_json::{Value, json};
 
@@ -290,4 +294,235 @@ async fn a_private_repository_needs_its_token_and_the_token_leaks_nowhere() {
     assert!(!kiln.log_text().is_empty());
     assert_eq!(files_containing(&data, TOKEN), Vec::<String>::new());
     assert!(server.authorized() >= 2, "{:?}", server.log());
+}
+
+/// Whether `pid` is a live `kiln-node` leading its own process group (a pid read from a file
+/// may by now be another process's: only then is the group signalled).
+fn is_node_group_leader(pid: u32) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the parenthesized name: state, ppid, pgrp, …
+    let mut fields = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace();
+    let state = fields.next();
+    let pgrp = fields.nth(1).and_then(|v| v.parse::<u32>().ok());
+    String::from_utf8_lossy(&cmdline).contains("kiln-node")
+        && pgrp == Some(pid)
+        && !matches!(state, Some("Z" | "X") | None)
+}
+
+/// SIGKILL to the process group `pid` leads, if it is still a `kiln-node`'s.
+fn kill_node_group(pid: u32) {
+    if is_node_group_leader(pid) {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A `kiln-node` this test started again: its group is killed and the process reaped at the
+/// end (before [`Kiln`] is dropped, which finds its pid in `node.json` too).
+struct RestartedNode(Child);
+
+impl Drop for RestartedNode {
+    fn drop(&mut self) {
+        kill_node_group(self.0.id());
+        let _ = self.0.wait();
+    }
+}
+
+/// Kills a local node's process group (node and agent: a crashed machine) and starts
+/// `kiln-node` again with the same environment in the same directory (the machine rebooted
+/// with its disk), recording the new pid where the local provider looks.
+fn crash_and_restart_node(node_dir: &Path) -> RestartedNode {
+    let file = node_dir.join("node.json");
+    let mut node: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let pid = u32::try_from(node["pid"].as_u64().unwrap()).unwrap();
+    assert!(is_node_group_leader(pid), "node {pid} runs");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    kill_node_group(pid);
+    let killed = Instant::now();
+    while is_node_group_leader(pid) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "node {pid} survived SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(node_dir.join("node.log"))
+            .unwrap()
+    };
+    let mut cmd = Command::new(bin_dir().join("kiln-node"));
+    cmd.env_clear();
+    for var in environ.split(|b| *b == 0).filter(|v| !v.is_empty()) {
+        let var = String::from_utf8_lossy(var);
+        if let Some((k, v)) = var.split_once('=') {
+            cmd.env(k, v);
+        }
+    }
+    use std::os::unix::process::CommandExt;
+    let child = cmd
+        .current_dir(node_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log()))
+        .stderr(Stdio::from(log()))
+        .process_group(0)
+        .spawn()
+        .expect("kiln-node starts again");
+    node["pid"] = json!(child.id());
+    std::fs::write(&file, node.to_string()).unwrap();
+    RestartedNode(child)
+}
+
+/// The assistant message of `messages` that answers `prompt` (the demo agent quotes it).
+fn answer_to<'a>(messages: &'a Value, prompt: &str) -> Option<&'a Value> {
+    messages["messages"]
+        .as_array()?
+        .iter()
+        .find(|m| m["role"] == "assistant" && m["content"].as_str().unwrap_or("").contains(prompt))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_gets_the_token_back_from_the_server_and_still_writes_it_nowhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let repos = dir.path().join("repos");
+    std::fs::create_dir_all(&repos).unwrap();
+    bare_repo(&repos);
+    let server = GitHttp::start(repos.clone(), TOKEN, Access::Private).await;
+    let repository_url = format!("{}/private.git", server.url);
+    let data = dir.path().join("data");
+    let kiln = Kiln::start(
+        &data,
+        None,
+        &[
+            // Every agent process echoes the token, as one that came across it would.
+            ("KILN_DEMO_SAY", TOKEN),
+            ("KILN_DEMO_CHUNK_CHARS", "5"),
+            (
+                "KILN_LOG",
+                "debug,hyper=info,hyper_util=info,h2=info,reqwest=info,sqlx=info,tungstenite=info",
+            ),
+        ],
+    )
+    .await;
+    let user_token = kiln.user_token("ann");
+    let api = Api::new(&kiln.base, &user_token);
+    let http = reqwest::Client::new();
+    let project = api
+        .post(
+            "/api/projects",
+            json!({"name": "private", "repositoryUrl": repository_url}),
+        )
+        .await;
+    let project_id = project["id"].as_str().unwrap().to_owned();
+    call(
+        &http,
+        &kiln,
+        &user_token,
+        reqwest::Method::PUT,
+        &format!("/api/projects/{project_id}/git-token"),
+        Some(json!({"token": TOKEN})),
+    )
+    .await;
+
+    // A chat on the private repository, answered once (its checkout used the token).
+    let chat = api
+        .post(
+            &format!("/api/projects/{project_id}/sessions"),
+            json!({"prompt": "Before the restart"}),
+        )
+        .await;
+    let chat_id = chat["id"].as_str().unwrap().to_owned();
+    let messages_path = format!("/api/sessions/{chat_id}/messages?limit=500");
+    let messages = api
+        .wait_for(&messages_path, LIMIT, |page| {
+            answer_to(page, "Before the restart").is_some()
+        })
+        .await;
+    let before = answer_to(&messages, "Before the restart").unwrap();
+    assert!(
+        before["content"]
+            .as_str()
+            .unwrap()
+            .contains("By the way: [redacted]"),
+        "{before}"
+    );
+    let chat = api
+        .wait_for(&format!("/api/sessions/{chat_id}"), LIMIT, |s| {
+            s["status"] == "active"
+        })
+        .await;
+    let workspace = api
+        .get(&format!(
+            "/api/workspaces/{}",
+            chat["workspaceId"].as_str().unwrap()
+        ))
+        .await;
+    let node_dir: PathBuf = data
+        .join("nodes")
+        .join(workspace["nodeId"].as_str().unwrap());
+
+    let _restarted = crash_and_restart_node(&node_dir);
+    // The next prompt starts a new agent process in the resumed workspace: the node has
+    // asked the server for the token again, and redacts the new agent's echo of it.
+    api.post(
+        &format!("/api/sessions/{chat_id}/prompt"),
+        json!({"text": "After the restart"}),
+    )
+    .await;
+    let messages = api
+        .wait_for(&messages_path, LIMIT, |page| {
+            answer_to(page, "After the restart").is_some()
+        })
+        .await;
+    let after = answer_to(&messages, "After the restart").unwrap();
+    assert!(
+        after["content"]
+            .as_str()
+            .unwrap()
+            .contains("By the way: [redacted]"),
+        "the echo after the restart is redacted: {after}"
+    );
+    // Read through the API's own check (no response carries the token).
+    call(
+        &http,
+        &kiln,
+        &user_token,
+        reqwest::Method::GET,
+        &messages_path,
+        None,
+    )
+    .await;
+    let node_log = std::fs::read_to_string(node_dir.join("node.log")).unwrap();
+    assert!(
+        node_log.contains("git token fetched again from the control plane"),
+        "the restarted node asked the server"
+    );
+    assert!(
+        kiln.log_text()
+            .contains("git token handed to a restarted node"),
+        "the server answered it"
+    );
+    // Still in no file: not the workspace record, the node's log, the outbox, the database
+    // or the server's log.
+    assert_eq!(files_containing(&data, TOKEN), Vec::<String>::new());
+    let record = std::fs::read_to_string(
+        node_dir
+            .join("data/workspaces")
+            .join(workspace["id"].as_str().unwrap())
+            .join("workspace.json"),
+    )
+    .unwrap();
+    assert!(record.contains("\"gitTokenGiven\": true"), "{record}");
+    assert!(server.authorized() >= 1, "{:?}", server.log());
 }
