@@ -94,6 +94,15 @@ impl TaskDriver for PoolDriver {
         Ok(())
     }
 
+    async fn node_heartbeat_workspaces(
+        &self,
+        node: NodeId,
+        workspaces: &[WorkspaceId],
+    ) -> Result<(), ApiError> {
+        self.runner.reconcile_heartbeat(node, workspaces).await?;
+        Ok(())
+    }
+
     async fn workspace_event(&self, _node: NodeId, event: &WorkspaceEvent) -> Result<(), ApiError> {
         let r = &self.runner;
         match event.clone() {

@@ -42,6 +42,13 @@ pub trait TaskDriver: Send + Sync + fmt::Debug + 'static {
         node: NodeId,
         workspaces: &[kiln_core::WorkspaceId],
     ) -> Result<(), ApiError>;
+    /// A node listed the workspaces it has in a heartbeat: settle the store against them,
+    /// only for workspaces certainly gone (see [`kiln_pool::TaskRunner::reconcile_heartbeat`]).
+    async fn node_heartbeat_workspaces(
+        &self,
+        node: NodeId,
+        workspaces: &[kiln_core::WorkspaceId],
+    ) -> Result<(), ApiError>;
     /// A node reported what happened to one of its workspaces.
     async fn workspace_event(&self, node: NodeId, event: &WorkspaceEvent) -> Result<(), ApiError>;
 }

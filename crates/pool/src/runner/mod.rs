@@ -65,6 +65,8 @@ struct Inner {
     workspaces: Arc<dyn WorkspaceController>,
     /// Chats whose resumed start runs in this process (a second resume leaves them be).
     resuming_chats: std::sync::Mutex<std::collections::HashSet<kiln_core::SessionId>>,
+    /// Workspaces the last heartbeat of their node left out.
+    heartbeat_misses: reconcile::HeartbeatMisses,
 }
 
 impl TaskRunner {
@@ -75,6 +77,7 @@ impl TaskRunner {
                 pool,
                 workspaces,
                 resuming_chats: std::sync::Mutex::default(),
+                heartbeat_misses: reconcile::HeartbeatMisses::default(),
             }),
         }
     }

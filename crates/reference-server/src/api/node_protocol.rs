@@ -150,6 +150,17 @@ pub(crate) async fn heartbeat(
         .store
         .record_heartbeat(node.id, state.clock.now())
         .await?;
+    // A workspace that vanished from a live node without an event (its actor died, its
+    // directory was removed) would leave its task running forever; the runner settles it
+    // once consecutive heartbeats prove it gone (never on one heartbeat that may predate it).
+    let listed: Vec<_> = body.workspaces.iter().map(|w| w.workspace_id).collect();
+    if let Err(e) = state
+        .driver
+        .node_heartbeat_workspaces(node.id, &listed)
+        .await
+    {
+        tracing::warn!(node = %node.id, error = %e, "could not reconcile the node's workspaces");
+    }
     Ok(Json(serde_json::json!({})))
 }
 
