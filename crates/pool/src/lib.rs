@@ -93,7 +93,7 @@
 //! | `NODE_PROVISIONING_TIMEOUT_MS` | 600000 (10 min) | how long an acquire waits for a new node to report ready (the node is then failed and destroyed) |
 //! | `NODE_READY_POLL_INTERVAL_MS` | 5000 | while waiting for a node, re-read it at least this often |
 //! | `NODE_BOOT_GRACE_PERIOD_MS` | 600000 (10 min) | orphans and idle nodes younger than this are left alone by the sweep |
-//! | `NODE_HEARTBEAT_TIMEOUT_MS` | 180000 (3 min) | a node silent this long after its last heartbeat is lost: its task fails, the node is destroyed (runner tick) |
+//! | `NODE_HEARTBEAT_TIMEOUT_MS` | 90000 (90 s) | a node silent this long after its last heartbeat is lost: its task fails, the node is destroyed (runner tick) |
 //! | `NODE_LOCATION` | (none) | the provider location new nodes are created in |
 //! | `NODE_PREWARM` | (none) | pre-warm minimums: `<owner uuid>:<size>=<count>[@<location>]`, comma separated |
 //! | `TASK_QUEUED_TIMEOUT_MS` | 900000 (15 min) | a task waiting this long for a node fails |
