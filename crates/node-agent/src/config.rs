@@ -23,6 +23,7 @@ use crate::error::{NodeError, Result};
 /// | `KILN_RECONNECT_INITIAL_MS` / `KILN_RECONNECT_MAX_MS` | backoff while the control plane is down | `500` / `30000` |
 /// | `KILN_CANCEL_GRACE_MS` | how long an agent gets to end a cancelled turn before it is killed | `10000` |
 /// | `KILN_DESTROY_DRAIN_MS` | how long destroying a workspace (or stopping the node) waits for undelivered messages | `10000` |
+/// | `KILN_RESUME_INTERRUPTED_TURNS` | how many times one agent turn is continued after `kiln-node` restarted during it (the agent is started again in the same checkout), before the turn fails; `0`: fail at once | `2` |
 /// | `KILN_NODE_EXE` | the `kiln-node` executable git runs as its credential helper ([`crate::credentials`]) | this executable when it is `kiln-node`, else `kiln-node` next to it, else from `PATH` |
 ///
 /// Agent processes inherit the node's environment (without `CALLBACK_TOKEN`), so settings
@@ -58,6 +59,9 @@ pub struct NodeConfig {
     pub agent_env: BTreeMap<String, String>,
     /// The `kiln-node` executable git runs as its credential helper.
     pub git_credential_helper: PathBuf,
+    /// How many times one turn interrupted by a restart of the node is continued (0: the
+    /// turn fails, as a host crash always did).
+    pub resume_interrupted_turns: u32,
 }
 
 impl NodeConfig {
@@ -84,6 +88,7 @@ impl NodeConfig {
             destroy_drain: Duration::from_millis(10_000),
             agent_env: BTreeMap::new(),
             git_credential_helper: default_node_exe(),
+            resume_interrupted_turns: 2,
         }
     }
 
@@ -150,6 +155,11 @@ impl NodeConfig {
         millis("KILN_RECONNECT_MAX_MS", &mut config.reconnect_max)?;
         millis("KILN_CANCEL_GRACE_MS", &mut config.cancel_grace)?;
         millis("KILN_DESTROY_DRAIN_MS", &mut config.destroy_drain)?;
+        if let Some(v) = vars.get("KILN_RESUME_INTERRUPTED_TURNS") {
+            config.resume_interrupted_turns = v.trim().parse().map_err(|e| {
+                NodeError::InvalidConfig(format!("KILN_RESUME_INTERRUPTED_TURNS={v:?}: {e}"))
+            })?;
+        }
         Ok(config)
     }
 
@@ -297,6 +307,7 @@ mod tests {
         assert_eq!(config.control_plane_url, "http://127.0.0.1:8080");
         assert_eq!(config.heartbeat_interval, Duration::from_millis(250));
         assert_eq!(config.poll_wait, Duration::from_millis(25_000));
+        assert_eq!(config.resume_interrupted_turns, 2);
         assert_eq!(
             config.agent_command_for(Some("Claude-Code")),
             "npx @zed-industries/claude-code-acp"
@@ -311,6 +322,23 @@ mod tests {
                 ("CONTROL_PLANE_URL", "http://x"),
                 ("CALLBACK_TOKEN", "t"),
                 ("KILN_POLL_WAIT_MS", "soon"),
+            ]))
+            .is_err()
+        );
+        let never = NodeConfig::from_vars(vars(&[
+            ("NODE_ID", &id.to_string()),
+            ("CONTROL_PLANE_URL", "http://x"),
+            ("CALLBACK_TOKEN", "t"),
+            ("KILN_RESUME_INTERRUPTED_TURNS", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(never.resume_interrupted_turns, 0);
+        assert!(
+            NodeConfig::from_vars(vars(&[
+                ("NODE_ID", &id.to_string()),
+                ("CONTROL_PLANE_URL", "http://x"),
+                ("CALLBACK_TOKEN", "t"),
+                ("KILN_RESUME_INTERRUPTED_TURNS", "-1"),
             ]))
             .is_err()
         );

@@ -642,8 +642,187 @@ async fn an_orphaned_node_whose_data_dir_is_removed_exits() {
     assert_eq!(exit, NodeExit::DataDirRemoved);
 }
 
+/// Waits until `count` plan messages (one per turn the demo agent starts) reached the
+/// receiver: the turn under way.
+async fn wait_for_plans(fake: &Fake, count: usize, what: &str) {
+    fake.wait_for(30, what, |i| {
+        (i.messages
+            .iter()
+            .filter(|m| m.tool.as_ref().is_some_and(|t| t.tool == "plan"))
+            .count()
+            >= count)
+            .then_some(())
+    })
+    .await;
+}
+
+/// A demo agent that stalls after its plan (as a long turn would) until the node stops.
+fn stalling(c: &mut NodeConfig) {
+    c.agent_env
+        .insert("KILN_DEMO_PACE_MS".into(), "600000".into());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_that_stops_during_a_turn_reports_the_turn_failed_after_its_restart() {
+async fn a_host_that_stops_during_a_turn_continues_the_turn_after_its_restart() {
+    let (fake, url) = start_fake().await;
+    let node_id = NodeId::new();
+    let run = start_node_with(fake.clone(), &url, |c| {
+        c.node_id = node_id;
+        stalling(c);
+    })
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Add a greeting");
+    run.fake.push(t.command);
+    wait_for_plans(&run.fake, 1, "the turn under way").await;
+    // The host stops while the turn runs (its agent goes with it).
+    run.stop.send_replace(true);
+    assert_eq!(run.node.await.unwrap().unwrap(), NodeExit::Requested);
+    // What the agent had done so far stays in the checkout.
+    let checkout = run
+        .data
+        .path()
+        .join(format!("workspaces/{}/checkout", t.workspace));
+    std::fs::write(checkout.join("before-restart.txt"), "work so far\n").unwrap();
+
+    let run = start_node_in(fake, &url, run.data, |c| c.node_id = node_id).await;
+    let done = run
+        .fake
+        .wait_event("the continued turn", |e| is_terminal(e, t.workspace))
+        .await;
+    let WorkspaceEvent::Completed {
+        branch: Some(branch),
+        warning: None,
+        ..
+    } = &done
+    else {
+        panic!("the continued turn must complete the task, got {done:?}");
+    };
+    // One commit on the task branch holds the work from before and after the restart; the
+    // agent started again was told about the restart and given the request.
+    let pushed = git(&bare, &["show", &format!("{branch}:before-restart.txt")]);
+    assert_eq!(pushed, "work so far\n");
+    let note = git(&bare, &["show", &format!("{branch}:KILN_DEMO.md")]);
+    assert!(note.contains("restarted"), "{note}");
+
+    // The chat shows the user's prompt once, the interrupted turn, the notice, the whole
+    // continued turn; the continuation prompt (the node's word to the agent) is not in it.
+    let messages = run
+        .fake
+        .wait_for(10, "eight messages", |i| {
+            (i.messages.len() >= 8).then(|| i.messages.clone())
+        })
+        .await;
+    let roles: Vec<Role> = messages.iter().map(|m| m.role).collect();
+    assert_eq!(
+        roles,
+        [
+            Role::User,
+            Role::System,
+            Role::System,
+            Role::System,
+            Role::System,
+            Role::Tool,
+            Role::Tool,
+            Role::Assistant
+        ],
+        "{messages:#?}"
+    );
+    assert_eq!(messages[0].id, MessageId::for_task_prompt(t.task));
+    assert_eq!(messages[0].content, "Add a greeting");
+    assert_eq!(
+        messages[2].content,
+        "kiln-node restarted during the agent's turn; the agent was started again to continue \
+         (attempt 1 of 2)"
+    );
+    assert!(
+        messages[3]
+            .content
+            .contains("Understand: The agent host (kiln-node) restarted")
+    );
+    assert!(messages.iter().all(|m| m.session_id == t.session));
+    let seqs: Vec<i64> = messages.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<_>>(), "in order, once");
+    assert_eq!(run.fake.lock().duplicates, 0);
+    // The agent's start is reported again (the first report may have died with the node;
+    // the control plane ignores a repeated one).
+    let started = run
+        .fake
+        .events()
+        .iter()
+        .filter(|e| matches!(e, WorkspaceEvent::AgentStarted { workspace_id, .. } if *workspace_id == t.workspace))
+        .count();
+    assert_eq!(started, 2);
+    assert!(
+        !run.fake
+            .events()
+            .iter()
+            .any(|e| matches!(e, WorkspaceEvent::Failed { .. })),
+        "{:?}",
+        run.fake.events()
+    );
+    // The record forgets the finished turn.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            run.data
+                .path()
+                .join(format!("workspaces/{}/workspace.json", t.workspace)),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["turnActive"], false);
+    assert_eq!(record["turnPrompts"], serde_json::json!([]));
+    assert_eq!(record["turnResumes"], 0);
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_the_host_keeps_restarting_during_fails_after_the_resume_limit() {
+    let (fake, url) = start_fake().await;
+    let node_id = NodeId::new();
+    let mut run = start_node_with(fake.clone(), &url, |c| c.node_id = node_id).await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    // Every start of this turn hangs: it never ends before the host stops again.
+    let t = task_command(&bare, "Hang\nkiln-demo: hang");
+    run.fake.push(t.command);
+    for turn in 1..=3 {
+        wait_for_plans(&run.fake, turn, "the turn under way").await;
+        run.stop.send_replace(true);
+        assert_eq!(run.node.await.unwrap().unwrap(), NodeExit::Requested);
+        run = start_node_in(fake.clone(), &url, run.data, |c| c.node_id = node_id).await;
+    }
+    let failed = run
+        .fake
+        .wait_event("the given-up turn", |e| is_terminal(e, t.workspace))
+        .await;
+    assert!(
+        matches!(&failed, WorkspaceEvent::Failed { error, .. }
+            if error.contains("restarted during") && error.contains("restarted 3 times during this turn")),
+        "{failed:?}"
+    );
+    let notices: Vec<String> = run
+        .fake
+        .messages()
+        .into_iter()
+        .filter(|m| m.role == Role::System && m.content.starts_with("kiln-node restarted"))
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices[0].ends_with("(attempt 1 of 2)"), "{notices:?}");
+    assert!(notices[1].ends_with("(attempt 2 of 2)"), "{notices:?}");
+    let messages = run.fake.messages();
+    let seqs: Vec<i64> = messages.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_resumes_off_a_turn_interrupted_by_a_restart_fails_as_before() {
     let (fake, url) = start_fake().await;
     let node_id = NodeId::new();
     let run = start_node_with(fake.clone(), &url, |c| c.node_id = node_id).await;
@@ -651,25 +830,89 @@ async fn a_host_that_stops_during_a_turn_reports_the_turn_failed_after_its_resta
     let bare = bare_repo(repos.path(), &[]);
     let t = task_command(&bare, "Hang\nkiln-demo: hang");
     run.fake.push(t.command);
-    run.fake
-        .wait_for(10, "the turn under way", |i| {
-            i.messages
-                .iter()
-                .any(|m| m.tool.as_ref().is_some_and(|t| t.tool == "plan"))
-                .then_some(())
-        })
-        .await;
-    // The host stops while the turn runs (its agent goes with it).
+    wait_for_plans(&run.fake, 1, "the turn under way").await;
     run.stop.send_replace(true);
     assert_eq!(run.node.await.unwrap().unwrap(), NodeExit::Requested);
-    let run = start_node_in(fake, &url, run.data, |c| c.node_id = node_id).await;
+    let run = start_node_in(fake, &url, run.data, |c| {
+        c.node_id = node_id;
+        c.resume_interrupted_turns = 0;
+    })
+    .await;
     let failed = run
         .fake
         .wait_event("the interrupted turn", |e| is_terminal(e, t.workspace))
         .await;
+    assert_eq!(
+        failed,
+        WorkspaceEvent::Failed {
+            workspace_id: t.workspace,
+            error: "the agent host restarted during the agent's turn; the agent process is gone"
+                .into()
+        }
+    );
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_sent_before_the_restart_wins_over_continuing_the_turn() {
+    let (fake, url) = start_fake().await;
+    let node_id = NodeId::new();
+    // The agent ignores the cancel long enough for the host to stop first.
+    let run = start_node_with(fake.clone(), &url, |c| {
+        c.node_id = node_id;
+        c.cancel_grace = Duration::from_secs(600);
+        stalling(c);
+    })
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Add a greeting");
+    run.fake.push(t.command);
+    wait_for_plans(&run.fake, 1, "the turn under way").await;
+    let record_path = run
+        .data
+        .path()
+        .join(format!("workspaces/{}/workspace.json", t.workspace));
+    run.fake.push(NodeCommand::Cancel {
+        workspace_id: t.workspace,
+    });
+    run.fake
+        .wait_for(10, "the cancel noted", |_| {
+            std::fs::read_to_string(&record_path)
+                .is_ok_and(|r| r.contains("\"cancelRequested\": true"))
+                .then_some(())
+        })
+        .await;
+    run.stop.send_replace(true);
+    assert_eq!(run.node.await.unwrap().unwrap(), NodeExit::Requested);
     assert!(
-        matches!(&failed, WorkspaceEvent::Failed { error, .. } if error.contains("restarted during")),
-        "{failed:?}"
+        !run.fake
+            .events()
+            .iter()
+            .any(|e| is_terminal(e, t.workspace)),
+        "the turn had not ended: {:?}",
+        run.fake.events()
+    );
+
+    let run = start_node_in(fake, &url, run.data, |c| c.node_id = node_id).await;
+    let ended = run
+        .fake
+        .wait_event("the cancelled turn", |e| is_terminal(e, t.workspace))
+        .await;
+    assert_eq!(
+        ended,
+        WorkspaceEvent::Cancelled {
+            workspace_id: t.workspace
+        }
+    );
+    wait_for_plans(&run.fake, 1, "the messages").await;
+    assert!(
+        !run.fake
+            .messages()
+            .iter()
+            .any(|m| m.content.starts_with("kiln-node restarted")),
+        "no continuation was announced"
     );
     run.stop.send_replace(true);
     let _ = run.node.await;

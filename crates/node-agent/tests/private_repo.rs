@@ -69,7 +69,8 @@ struct Run {
 /// is just text to it).
 async fn start_node(say: Option<&str>) -> Run {
     let (fake, url) = start_fake().await;
-    start_node_in(fake, url, NodeId::new(), tempfile::tempdir().unwrap(), say).await
+    let data = tempfile::tempdir().unwrap();
+    start_node_in(fake, url, NodeId::new(), data, say, false).await
 }
 
 /// Stops the node (its agents go with it) and starts it again on the same data directory,
@@ -77,15 +78,17 @@ async fn start_node(say: Option<&str>) -> Run {
 async fn restart(run: Run, say: Option<&str>) -> Run {
     run.stop.send_replace(true);
     run.node.await.unwrap().unwrap();
-    start_node_in(run.fake, run.url, run.node_id, run.data, say).await
+    start_node_in(run.fake, run.url, run.node_id, run.data, say, false).await
 }
 
+/// `stall`: the agent stops after its plan (as a long turn would) until the node stops.
 async fn start_node_in(
     fake: Fake,
     url: String,
     node_id: NodeId,
     data: tempfile::TempDir,
     say: Option<&str>,
+    stall: bool,
 ) -> Run {
     let mut config = NodeConfig::new(node_id, &url, NODE_TOKEN, data.path());
     config.agent_command = env!("CARGO_BIN_EXE_kiln-demo-agent").to_owned();
@@ -99,6 +102,11 @@ async fn start_node_in(
     config
         .agent_env
         .insert("KILN_DEMO_CHUNK_CHARS".into(), "5".into());
+    if stall {
+        config
+            .agent_env
+            .insert("KILN_DEMO_PACE_MS".into(), "600000".into());
+    }
     let outbox = OutboxConfig {
         batch_max_wait: Duration::from_millis(50),
         retry_initial_interval: Duration::from_millis(50),
@@ -385,21 +393,19 @@ async fn a_wrong_token_fails_the_checkout_of_a_private_repository() {
 }
 
 /// A task on a private repository whose agent is in the middle of its turn when the node
-/// restarts (the turn is lost with the agent process and reported failed); then a prompt
-/// to the resumed workspace, whose turn ends the task. Returns the task, how many requests
-/// the git server had seen before that prompt, and the event that ended the task.
+/// restarts: the restarted node continues the turn (a new agent process in the same
+/// checkout), and that turn ends the task. With `forget_token`, the control plane no longer
+/// has the token when the node asks again. Returns the task, how many requests the git
+/// server had seen before the restart, and the event that ended the task.
 async fn restart_mid_task(
     server: &GitHttp,
     forget_token: bool,
 ) -> (Run, Task, usize, WorkspaceEvent) {
     let repository_url = format!("{}/origin.git", server.url);
-    let run = start_node(Some(TOKEN)).await;
-    let t = create_with(
-        &run,
-        &repository_url,
-        Some(TOKEN),
-        "Add a greeting\nkiln-demo: hang",
-    );
+    let (fake, url) = start_fake().await;
+    let data = tempfile::tempdir().unwrap();
+    let run = start_node_in(fake, url, NodeId::new(), data, Some(TOKEN), true).await;
+    let t = create_with(&run, &repository_url, Some(TOKEN), "Add a greeting");
     run.fake
         .wait_for(30, "the turn under way", |i| {
             i.messages
@@ -417,44 +423,43 @@ async fn restart_mid_task(
     .unwrap();
     assert!(record.contains("\"gitTokenGiven\": true"), "{record}");
     assert!(!record.contains(TOKEN), "{record}");
-
-    // A node that cannot get the token back cannot redact it either: there, the new agent
-    // process comes across nothing to echo.
-    let run = restart(run, (!forget_token).then_some(TOKEN)).await;
-    let interrupted = terminal(&run.fake, t.workspace).await;
-    assert!(
-        matches!(&interrupted, WorkspaceEvent::Failed { error, .. } if error.contains("restarted during")),
-        "{interrupted:?}"
+    assert_eq!(
+        run.fake.lock().git_token_requests,
+        0,
+        "nobody asked before it was needed"
     );
     if forget_token {
         // The control plane no longer has a token for it (the project's was deleted).
         run.fake.lock().git_tokens.clear();
     }
-    let asked_before = run.fake.lock().git_token_requests;
-    assert_eq!(asked_before, 0, "nobody asked before it was needed");
     let git_requests = server.log().len();
-    run.fake.push(NodeCommand::Prompt {
-        workspace_id: t.workspace,
-        prompt: Prompt {
-            message_id: MessageId::new(),
-            text: "Finish the greeting".into(),
-        },
-    });
-    let done = run
+
+    // A node that cannot get the token back cannot redact it either: there, the new agent
+    // process comes across nothing to echo.
+    let run = restart(run, (!forget_token).then_some(TOKEN)).await;
+    let done = terminal(&run.fake, t.workspace).await;
+    assert_eq!(
+        run.fake
+            .events()
+            .iter()
+            .filter(|e| matches!(e,
+                WorkspaceEvent::Completed { workspace_id, .. }
+                | WorkspaceEvent::Failed { workspace_id, .. } if *workspace_id == t.workspace))
+            .count(),
+        1,
+        "the interrupted turn is not reported failed: {:?}",
+        run.fake.events()
+    );
+    let notice = run
         .fake
-        .wait_for(90, "the end of the resumed task", |inner| {
-            inner
-                .events
+        .wait_for(10, "the restart notice", |i| {
+            i.messages
                 .iter()
-                .filter(|e| {
-                    matches!(e,
-                        WorkspaceEvent::Completed { workspace_id, .. }
-                        | WorkspaceEvent::Failed { workspace_id, .. } if *workspace_id == t.workspace)
-                })
-                .nth(1)
-                .cloned()
+                .find(|m| m.role == Role::System && m.content.starts_with("kiln-node restarted"))
+                .map(|m| m.content.clone())
         })
         .await;
+    assert!(notice.ends_with("(attempt 1 of 2)"), "{notice}");
     (run, t, git_requests, done)
 }
 

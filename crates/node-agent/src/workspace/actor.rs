@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use kiln_core::protocol::{Prompt, WorkspaceEvent};
 use kiln_core::secret::Secret;
+use kiln_core::{ChatMessage, MessageId, Role};
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{RecordStatus, WorkspaceRecord};
+use super::record::{RecordStatus, TurnPrompt, WorkspaceRecord};
+use super::resume::{SkippingRecorder, continuation_prompt, restart_failure, restart_notice};
 use super::{NodeShared, git};
 use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind, TurnSummary};
 use crate::control::ControlPlaneClient;
@@ -194,13 +196,23 @@ impl WorkspaceActor {
         Ok(())
     }
 
-    fn start_agent(&mut self) -> Result<()> {
+    /// Starts the agent process; the user message of the prompt `unrecorded` (a turn's
+    /// continuation after a restart) is kept out of the chat.
+    fn start_agent(&mut self, unrecorded: Option<MessageId>) -> Result<()> {
+        let mut recorder: Arc<dyn MessageRecorder> = self
+            .recorder
+            .clone()
+            .unwrap_or_else(|| Arc::new(crate::recorder::MemoryRecorder::new()));
+        if let Some(skipped) = unrecorded {
+            recorder = Arc::new(SkippingRecorder {
+                inner: recorder,
+                skipped,
+            });
+        }
         let capture = SessionCapture::new(
             self.id(),
             self.record.project_id.and(self.record.session_id),
-            self.recorder
-                .clone()
-                .unwrap_or_else(|| Arc::new(crate::recorder::MemoryRecorder::new())),
+            recorder,
             self.shared.clock.clone(),
         )
         .with_redactor(self.redactor.clone())
@@ -254,6 +266,9 @@ impl WorkspaceActor {
     fn finish(&mut self, status: RecordStatus, event: WorkspaceEvent) {
         self.turn_reported = true;
         self.record.turn_active = false;
+        self.record.turn_prompts.clear();
+        self.record.turn_resumes = 0;
+        self.record.cancel_requested = false;
         self.record.last_event = Some(event.clone());
         self.set_status(status);
         self.report(event);
@@ -266,7 +281,7 @@ impl WorkspaceActor {
         }
         if let Err(e) = self.prepare().await {
             self.fail(format!("workspace setup failed: {e}"));
-        } else if let Err(e) = self.start_agent() {
+        } else if let Err(e) = self.start_agent(None) {
             self.fail(format!("the agent could not start: {e}"));
         } else if let Some(p) = prompt {
             // Queued by the host until the agent's session is open.
@@ -276,20 +291,119 @@ impl WorkspaceActor {
     }
 
     /// Runs a workspace found on disk after a restart: its route reopens (undelivered
-    /// messages go out), the agent starts again with the next prompt.
+    /// messages go out), a turn the restart interrupted is continued (or, past the limit,
+    /// failed), and the agent starts again with the next prompt.
     pub async fn run_resumed(mut self) {
         if let Err(e) = self.open_route().await {
             tracing::error!(error = %e, workspace = %self.id(), "route not reopened");
         }
+        let mut early = Vec::new();
         if self.record.turn_active {
-            self.fail(
-                "the agent host restarted during the agent's turn; the agent process is gone"
-                    .into(),
-            );
+            early = self.continue_interrupted_turn().await;
         } else if let Some(event) = self.record.last_event.clone() {
             self.report(event);
         }
+        for command in early {
+            if !self.on_command(command).await {
+                return;
+            }
+        }
         self.run().await;
+    }
+
+    /// Continues the turn the node's restart interrupted: a system message in the chat, the
+    /// agent started again (its git token asked again first, as for any prompt after a
+    /// restart), the continuation prompt, then the prompts that were queued behind it.
+    /// A cancel asked for before the restart, or a cancel or destroy that arrived since,
+    /// wins: the turn is not continued. Returns the commands that arrived meanwhile, to be
+    /// executed next.
+    async fn continue_interrupted_turn(&mut self) -> Vec<WorkspaceCommand> {
+        let limit = self.shared.config.resume_interrupted_turns;
+        let restarts = self.record.turn_resumes + 1;
+        if self.record.cancel_requested {
+            let event = WorkspaceEvent::Cancelled {
+                workspace_id: self.id(),
+            };
+            self.finish(RecordStatus::Cancelled, event);
+            return Vec::new();
+        }
+        let Some(interrupted) = self.record.turn_prompts.first().cloned() else {
+            // Written by a kiln-node that did not keep the prompt: nothing to continue.
+            self.fail(restart_failure(restarts));
+            return Vec::new();
+        };
+        if self.record.turn_resumes >= limit {
+            self.fail(restart_failure(restarts));
+            return Vec::new();
+        }
+        if let Err(e) = self.ensure_git_credential().await {
+            tracing::warn!(workspace = %self.id(), error = %e, "the agent starts without the git token (the push asks again)");
+        }
+        let early = self.arrived_commands();
+        if early.iter().any(|c| {
+            matches!(
+                c,
+                WorkspaceCommand::Cancel
+                    | WorkspaceCommand::Destroy(_)
+                    | WorkspaceCommand::Shutdown(_)
+            )
+        }) {
+            tracing::info!(workspace = %self.id(), "the interrupted turn is not continued: a cancel, destroy or shutdown came first");
+            return early;
+        }
+        // Counted before the agent starts: a turn that crashes the host every time ends.
+        self.record.turn_resumes = restarts;
+        self.save();
+        tracing::info!(workspace = %self.id(), attempt = restarts, limit, "continuing the turn the restart interrupted");
+        self.record_notice(restart_notice(restarts, limit)).await;
+        // Reported again when the new session opens: the report of the first one may have
+        // died with the node (the control plane ignores a repeated one).
+        self.started_reported = false;
+        let continuation = MessageId::new();
+        if let Err(e) = self.start_agent(Some(continuation)) {
+            self.fail(format!("the agent could not start: {e}"));
+            return early;
+        }
+        self.turn_reported = false;
+        if let Some(host) = &self.host {
+            host.prompt(continuation, continuation_prompt(&interrupted.text));
+            for queued in &self.record.turn_prompts[1..] {
+                host.prompt(queued.message_id, queued.text.clone());
+            }
+        }
+        early
+    }
+
+    /// The commands already waiting, taken off the queue.
+    fn arrived_commands(&mut self) -> Vec<WorkspaceCommand> {
+        let mut arrived = Vec::new();
+        while let Ok(command) = self.commands.try_recv() {
+            arrived.push(command);
+        }
+        arrived
+    }
+
+    /// Records a system message in the workspace's chat, through the outbox like the
+    /// agent's own (nothing when the workspace has no chat session).
+    async fn record_notice(&self, text: String) {
+        let (Some(recorder), Some(session_id)) = (
+            &self.recorder,
+            self.record.project_id.and(self.record.session_id),
+        ) else {
+            return;
+        };
+        let message = ChatMessage {
+            id: MessageId::new(),
+            session_id,
+            role: Role::System,
+            content: text,
+            tool: None,
+            seq: None,
+            created_at: self.shared.clock.now(),
+        };
+        if let Err(e) = recorder.record(message).await {
+            tracing::error!(error = %e, workspace = %self.id(), "a notice could not be recorded");
+        }
     }
 
     async fn send_prompt(&mut self, prompt: Prompt) {
@@ -299,7 +413,7 @@ impl WorkspaceActor {
             if let Err(e) = self.ensure_git_credential().await {
                 tracing::warn!(workspace = %self.id(), error = %e, "the agent starts without the git token (the push asks again)");
             }
-            if let Err(e) = self.start_agent() {
+            if let Err(e) = self.start_agent(None) {
                 self.fail(format!("the agent could not start: {e}"));
                 return;
             }
@@ -309,6 +423,10 @@ impl WorkspaceActor {
         }
         self.turn_reported = false;
         self.record.turn_active = true;
+        self.record.turn_prompts.push(TurnPrompt {
+            message_id: prompt.message_id,
+            text: prompt.text.clone(),
+        });
         self.set_status(RecordStatus::Running);
         if let Some(host) = &self.host {
             host.prompt(prompt.message_id, prompt.text);
@@ -318,33 +436,53 @@ impl WorkspaceActor {
     async fn run(mut self) {
         loop {
             tokio::select! {
-                command = self.commands.recv() => match command {
-                    Some(WorkspaceCommand::Prompt(p)) => self.send_prompt(p).await,
-                    Some(WorkspaceCommand::Cancel) => match &self.host {
-                        Some(host) => host.cancel(),
-                        None => {
-                            let event = WorkspaceEvent::Cancelled { workspace_id: self.id() };
-                            self.finish(RecordStatus::Cancelled, event);
-                        }
-                    },
-                    Some(WorkspaceCommand::Destroy(done)) => {
-                        self.destroy().await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    Some(WorkspaceCommand::Shutdown(done)) => {
-                        self.stop_agent().await;
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => {
+                command = self.commands.recv() => {
+                    let Some(command) = command else {
                         self.stop_agent().await;
                         return;
+                    };
+                    if !self.on_command(command).await {
+                        return;
                     }
-                },
+                }
                 Some(report) = self.reports.recv() => self.on_report(report).await,
             }
         }
+    }
+
+    /// Executes one command; `false` when the workspace's task ends (destroyed, stopped).
+    async fn on_command(&mut self, command: WorkspaceCommand) -> bool {
+        match command {
+            WorkspaceCommand::Prompt(p) => self.send_prompt(p).await,
+            WorkspaceCommand::Cancel => match &self.host {
+                Some(host) => {
+                    // Remembered, so a restart before the agent ends the turn does not
+                    // continue it.
+                    host.cancel();
+                    if self.record.turn_active {
+                        self.record.cancel_requested = true;
+                        self.save();
+                    }
+                }
+                None => {
+                    let event = WorkspaceEvent::Cancelled {
+                        workspace_id: self.id(),
+                    };
+                    self.finish(RecordStatus::Cancelled, event);
+                }
+            },
+            WorkspaceCommand::Destroy(done) => {
+                self.destroy().await;
+                let _ = done.send(());
+                return false;
+            }
+            WorkspaceCommand::Shutdown(done) => {
+                self.stop_agent().await;
+                let _ = done.send(());
+                return false;
+            }
+        }
+        true
     }
 
     async fn stop_agent(&mut self) {
@@ -373,7 +511,12 @@ impl WorkspaceActor {
                 }
                 StopKind::EndTurn => {
                     tracing::debug!(workspace = %self.id(), "chat turn ended");
-                    self.record.turn_active = false;
+                    // The next queued prompt's turn, if any, is under way now.
+                    if !self.record.turn_prompts.is_empty() {
+                        self.record.turn_prompts.remove(0);
+                    }
+                    self.record.turn_resumes = 0;
+                    self.record.turn_active = !self.record.turn_prompts.is_empty();
                     self.save();
                 }
                 StopKind::Cancelled => {

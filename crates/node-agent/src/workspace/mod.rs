@@ -9,11 +9,18 @@
 //! the workspace's callback tokens, from everything the agent says ([`crate::redact`]). A
 //! workspace a restarted node finds on disk asks the control plane for its token again
 //! before its agent starts or its branch is pushed.
+//!
+//! A workspace whose agent was in a turn when the node stopped (crash, SIGKILL, upgrade)
+//! is continued: the restarted node says so in the chat, starts the agent again in the
+//! same checkout (a new ACP session; the files keep the work so far) and sends it the
+//! interrupted request with a word about the restart, up to
+//! [`NodeConfig::resume_interrupted_turns`] times per turn, then fails it as before.
 
 mod actor;
 pub mod git;
 pub mod paths;
 pub mod record;
+mod resume;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -232,6 +239,9 @@ impl Workspaces {
                     acp_session_id: None,
                     status: RecordStatus::Creating,
                     turn_active: false,
+                    turn_prompts: Vec::new(),
+                    turn_resumes: 0,
+                    cancel_requested: false,
                     last_event: None,
                 };
                 if let Err(e) = record.save(&dir) {

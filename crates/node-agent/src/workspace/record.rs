@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kiln_core::{ProjectId, SessionId, TaskId, WorkspaceId};
+use kiln_core::{MessageId, ProjectId, SessionId, TaskId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{NodeError, Result};
@@ -58,14 +58,37 @@ pub struct WorkspaceRecord {
     pub acp_session_id: Option<String>,
     /// Where it is.
     pub status: RecordStatus,
-    /// A prompt turn is under way (a restart finding this reports the turn failed: the
-    /// agent process died with the host).
+    /// A prompt turn is under way (a restart finding this starts the agent again to
+    /// continue the turn, up to [`crate::config::NodeConfig::resume_interrupted_turns`]
+    /// times, then reports the turn failed: the agent process died with the host).
     #[serde(default)]
     pub turn_active: bool,
+    /// The prompts sent to the agent whose turns have not ended, oldest first: the first is
+    /// the turn under way, the others wait in the agent host's queue. What a restarted node
+    /// needs to continue the turn.
+    #[serde(default)]
+    pub turn_prompts: Vec<TurnPrompt>,
+    /// How many times the turn under way was continued after a restart of the node.
+    #[serde(default)]
+    pub turn_resumes: u32,
+    /// A cancel of the turn under way was asked for (a restart finding this reports the
+    /// turn cancelled instead of continuing it).
+    #[serde(default)]
+    pub cancel_requested: bool,
     /// The last terminal event reported, sent again after a restart (events are idempotent
     /// at the control plane; the first copy may have been lost with the process).
     #[serde(default)]
     pub last_event: Option<kiln_core::protocol::WorkspaceEvent>,
+}
+
+/// A prompt whose turn has not ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnPrompt {
+    /// The id its user message is recorded under.
+    pub message_id: MessageId,
+    /// Its text, as the control plane sent it.
+    pub text: String,
 }
 
 impl WorkspaceRecord {
@@ -123,7 +146,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_says_only_whether_there_was_a_git_token_and_old_records_still_load() {
+    fn a_record_says_only_whether_there_was_a_git_token_keeps_the_turn_and_old_records_still_load()
+    {
         let dir = tempfile::tempdir().unwrap();
         let record = WorkspaceRecord {
             workspace_id: WorkspaceId::new(),
@@ -139,7 +163,13 @@ mod tests {
             topic: None,
             acp_session_id: None,
             status: RecordStatus::Running,
-            turn_active: false,
+            turn_active: true,
+            turn_prompts: vec![TurnPrompt {
+                message_id: MessageId::new(),
+                text: "Fix the build".into(),
+            }],
+            turn_resumes: 1,
+            cancel_requested: false,
             last_event: None,
         };
         record.save(dir.path()).unwrap();
@@ -149,11 +179,23 @@ mod tests {
         assert_eq!(json["gitTokenGiven"], true);
         assert_eq!(WorkspaceRecord::load(dir.path()).unwrap(), record);
 
-        // Written by a kiln-node from before the field: it loads, and does not say.
-        json.as_object_mut().unwrap().remove("gitTokenGiven");
+        assert_eq!(json["turnPrompts"][0]["text"], "Fix the build");
+        assert_eq!(json["turnResumes"], 1);
+
+        // Written by a kiln-node from before these fields: it loads, and does not say.
+        for field in [
+            "gitTokenGiven",
+            "turnPrompts",
+            "turnResumes",
+            "cancelRequested",
+        ] {
+            json.as_object_mut().unwrap().remove(field);
+        }
         std::fs::write(WorkspaceRecord::path(dir.path()), json.to_string()).unwrap();
         let old = WorkspaceRecord::load(dir.path()).unwrap();
         assert_eq!(old.git_token_given, None);
+        assert!(old.turn_prompts.is_empty());
+        assert_eq!((old.turn_resumes, old.cancel_requested), (0, false));
         assert_eq!(old.repository_url, record.repository_url);
     }
 }
