@@ -7,43 +7,17 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, eventually};
-use kiln_core::{
-    NodeId, NodeState, Task, TaskId, TaskStatus, TaskStore, WorkspaceId, WorkspaceStatus,
-};
+use common::Harness;
+use kiln_core::{NodeId, NodeState, TaskId, TaskStatus, WorkspaceId, WorkspaceStatus};
 use kiln_pool::memory::simulate_node_boots;
-use kiln_pool::{DestroyProgress, NewTask, Reconciled};
+use kiln_pool::{DestroyProgress, Reconciled};
 
 /// The node agent's heartbeat interval (`KILN_HEARTBEAT_INTERVAL_MS`).
 const INTERVAL: Duration = Duration::from_secs(15);
 
-async fn task(h: &Harness, id: TaskId) -> Task {
-    h.store.get_task(id).await.unwrap().unwrap()
-}
-
-async fn workspace_status(h: &Harness, id: WorkspaceId) -> WorkspaceStatus {
-    h.store.get_workspace(id).await.unwrap().unwrap().status
-}
-
 /// A task run to `delegated`: its workspace is being created on its node.
 async fn delegated_task(h: &Harness, title: &str) -> (TaskId, NodeId, WorkspaceId) {
-    let queued = h
-        .runner
-        .run_now(NewTask {
-            project_id: h.project.id,
-            title: title.into(),
-            description: format!("{title}: do it"),
-            priority: 0,
-            vm_size_override: None,
-            agent_hint: None,
-        })
-        .await
-        .unwrap();
-    eventually("the task is delegated", || async {
-        task(h, queued.id).await.status == TaskStatus::Delegated
-    })
-    .await;
-    let t = task(h, queued.id).await;
+    let t = h.delegated_task(title).await;
     (t.id, t.node_id.unwrap(), t.workspace_id.unwrap())
 }
 
@@ -51,8 +25,8 @@ async fn delegated_task(h: &Harness, title: &str) -> (TaskId, NodeId, WorkspaceI
 async fn running_task(h: &Harness, title: &str) -> (TaskId, NodeId, WorkspaceId) {
     let (t, node, ws) = delegated_task(h, title).await;
     h.runner.agent_started(ws, None).await.unwrap();
-    assert_eq!(task(h, t).await.status, TaskStatus::InProgress);
-    assert_eq!(workspace_status(h, ws).await, WorkspaceStatus::Running);
+    assert_eq!(h.task(t).await.status, TaskStatus::InProgress);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Running);
     (t, node, ws)
 }
 
@@ -78,14 +52,14 @@ async fn a_running_workspace_missing_from_heartbeats_fails_its_task_once_the_rul
     let heartbeats_within_margin = margin(&h).as_secs() / INTERVAL.as_secs();
     for _ in 0..heartbeats_within_margin {
         assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
-        assert_eq!(task(&h, t).await.status, TaskStatus::InProgress);
+        assert_eq!(h.task(t).await.status, TaskStatus::InProgress);
     }
 
     // Past the margin and still missing: the task fails, saying why.
     h.clock.advance(Duration::from_secs(1));
     let done = heartbeat(&h, node, &[]).await;
     assert_eq!(done.failed_tasks, vec![t]);
-    let failed = task(&h, t).await;
+    let failed = h.task(t).await;
     assert_eq!(failed.status, TaskStatus::Failed);
     let reason = failed.error_message.unwrap();
     assert!(
@@ -106,11 +80,11 @@ async fn one_missing_heartbeat_is_not_enough_even_long_after_the_start() {
     // Missing, listed again, missing: never two in a row.
     for listed in [&[][..], &[ws], &[], &[ws], &[]] {
         assert_eq!(heartbeat(&h, node, listed).await, Reconciled::default());
-        assert_eq!(task(&h, t).await.status, TaskStatus::InProgress);
+        assert_eq!(h.task(t).await.status, TaskStatus::InProgress);
     }
     // Missing again right after: two in a row now.
     assert_eq!(heartbeat(&h, node, &[]).await.failed_tasks, vec![t]);
-    assert_eq!(task(&h, t).await.status, TaskStatus::Failed);
+    assert_eq!(h.task(t).await.status, TaskStatus::Failed);
 }
 
 #[tokio::test]
@@ -127,14 +101,14 @@ async fn a_workspace_that_just_started_is_not_failed_by_heartbeats_built_before_
         let done = h.runner.reconcile_heartbeat(node, &[]).await.unwrap();
         assert_eq!(done, Reconciled::default());
     }
-    assert_eq!(task(&h, t).await.status, TaskStatus::InProgress);
+    assert_eq!(h.task(t).await.status, TaskStatus::InProgress);
 
     // The heartbeats built afterwards list it: it runs on, however long.
     for _ in 0..(2 * margin(&h).as_secs() / INTERVAL.as_secs()) {
         assert_eq!(heartbeat(&h, node, &[ws]).await, Reconciled::default());
     }
-    assert_eq!(task(&h, t).await.status, TaskStatus::InProgress);
-    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Running);
+    assert_eq!(h.task(t).await.status, TaskStatus::InProgress);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Running);
 }
 
 #[tokio::test]
@@ -145,22 +119,22 @@ async fn a_destroying_workspace_missing_from_heartbeats_is_destroyed_and_its_nod
     h.nodes.set_destroy_progress(DestroyProgress::Requested);
     let (t, node, ws) = running_task(&h, "Destroy lost").await;
     h.runner.completed(ws, None, None, None).await.unwrap();
-    assert_eq!(task(&h, t).await.status, TaskStatus::Completed);
-    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Destroying);
+    assert_eq!(h.task(t).await.status, TaskStatus::Completed);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Destroying);
     assert_eq!(h.node_state(node).await, NodeState::Active);
 
     // Within the margin: still destroying, the node still held.
     assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
     assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
-    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Destroying);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Destroying);
 
     h.clock.advance(margin(&h));
     let done = heartbeat(&h, node, &[]).await;
     assert_eq!(done.destroyed, vec![ws]);
     assert!(done.failed_tasks.is_empty());
-    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Destroyed);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Destroyed);
     assert_eq!(h.node_state(node).await, NodeState::Warm);
-    assert_eq!(task(&h, t).await.status, TaskStatus::Completed);
+    assert_eq!(h.task(t).await.status, TaskStatus::Completed);
 }
 
 #[tokio::test]
@@ -172,8 +146,8 @@ async fn workspaces_being_created_are_never_touched_by_heartbeats() {
     for _ in 0..4 {
         assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
     }
-    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Creating);
-    assert_eq!(task(&h, t).await.status, TaskStatus::Delegated);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Creating);
+    assert_eq!(h.task(t).await.status, TaskStatus::Delegated);
 }
 
 #[tokio::test]
@@ -191,11 +165,11 @@ async fn a_hello_still_settles_at_once_and_clears_the_heartbeat_misses() {
         Reconciled::default()
     );
     assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
-    assert_eq!(task(&h, t).await.status, TaskStatus::InProgress);
+    assert_eq!(h.task(t).await.status, TaskStatus::InProgress);
 
     // A hello without it settles at once, as before.
     let done = h.runner.reconcile_node(node, &[]).await.unwrap();
     assert_eq!(done.failed_tasks, vec![t]);
-    let reason = task(&h, t).await.error_message.unwrap();
+    let reason = h.task(t).await.error_message.unwrap();
     assert!(reason.contains("started again without it"), "{reason}");
 }

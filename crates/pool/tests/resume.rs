@@ -13,18 +13,8 @@ use kiln_core::{
     WorkspaceStatus,
 };
 use kiln_pool::memory::{MemoryWorkspaces, simulate_node_boots};
-use kiln_pool::{NewChat, NewTask, Resumed, Settings, TaskRunner, chat_claim};
+use kiln_pool::{NewChat, Resumed, Settings, TaskRunner, chat_claim};
 
-async fn task(h: &Harness, id: TaskId) -> Task {
-    h.store.get_task(id).await.unwrap().unwrap()
-}
-
-async fn workspace_status(h: &Harness, id: kiln_core::WorkspaceId) -> WorkspaceStatus {
-    h.store.get_workspace(id).await.unwrap().unwrap().status
-}
-
-/// The runner of a restarted process: a new pool and workspace controller over the same
-/// store, provider and clock.
 fn restarted(h: &Harness) -> (TaskRunner, Arc<MemoryWorkspaces>) {
     let pool = h.another_pool(Settings::default());
     let workspaces = Arc::new(MemoryWorkspaces::new());
@@ -77,10 +67,10 @@ async fn a_queued_task_left_by_a_stopped_process_acquires_its_node_on_resume() {
         }
     );
     eventually("the resumed task is delegated", || async {
-        task(&h, stranded.id).await.status == TaskStatus::Delegated
+        h.task(stranded.id).await.status == TaskStatus::Delegated
     })
     .await;
-    let t = task(&h, stranded.id).await;
+    let t = h.task(stranded.id).await;
     let requests = workspaces.created();
     assert_eq!(requests.len(), 1, "one workspace for the resumed task");
     assert_eq!(requests[0].task_id, Some(stranded.id));
@@ -98,10 +88,10 @@ async fn a_delegated_task_gets_its_workspace_command_again_after_a_restart() {
     let h = Harness::new().await;
     let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
     let (queued, _) = delegated_task(&h, "Delegated then restarted").await;
-    let before = task(&h, queued.id).await;
+    let before = h.task(queued.id).await;
     let workspace = before.workspace_id.unwrap();
     assert_eq!(
-        workspace_status(&h, workspace).await,
+        h.workspace_status(workspace).await,
         WorkspaceStatus::Creating
     );
 
@@ -127,7 +117,7 @@ async fn a_delegated_task_gets_its_workspace_command_again_after_a_restart() {
         MessageId::for_task_prompt(before.id)
     );
     // Nothing else moved: same node, same workspace, still delegated.
-    let after = task(&h, queued.id).await;
+    let after = h.task(queued.id).await;
     assert_eq!(after.status, TaskStatus::Delegated);
     assert_eq!(after.node_id, before.node_id);
 
@@ -143,7 +133,7 @@ async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
     let h = Harness::new().await;
     let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
     let (queued, _) = delegated_task(&h, "Completed, then the server stopped").await;
-    let t = task(&h, queued.id).await;
+    let t = h.task(queued.id).await;
     let workspace = t.workspace_id.unwrap();
     // The node reports completion; the old process asks for the destroy and stops before
     // the node hears it (its controller only records the request).
@@ -155,7 +145,7 @@ async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
         .await
         .unwrap();
     assert_eq!(
-        workspace_status(&h, workspace).await,
+        h.workspace_status(workspace).await,
         WorkspaceStatus::Destroying
     );
 
@@ -171,7 +161,7 @@ async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
     assert_eq!(workspaces.destroyed(), vec![workspace]);
     // The fake node removes it at once: the workspace is destroyed and the node warm again.
     assert_eq!(
-        workspace_status(&h, workspace).await,
+        h.workspace_status(workspace).await,
         WorkspaceStatus::Destroyed
     );
     let node = t.node_id.unwrap();
@@ -183,23 +173,7 @@ async fn a_workspace_left_destroying_gets_its_destroy_command_again() {
 
 /// A task run to `delegated` on the harness's runner, with its workspace.
 async fn delegated_task(h: &Harness, title: &str) -> (Task, kiln_core::WorkspaceId) {
-    let queued = h
-        .runner
-        .run_now(NewTask {
-            project_id: h.project.id,
-            title: title.into(),
-            description: format!("{title}: do it"),
-            priority: 0,
-            vm_size_override: None,
-            agent_hint: None,
-        })
-        .await
-        .unwrap();
-    eventually("the task is delegated", || async {
-        task(h, queued.id).await.status == TaskStatus::Delegated
-    })
-    .await;
-    let t = task(h, queued.id).await;
+    let t = h.delegated_task(title).await;
     let ws = t.workspace_id.unwrap();
     (t, ws)
 }
@@ -214,18 +188,18 @@ async fn a_hello_without_a_running_workspace_fails_its_task_and_settles_destroys
     let node = creating.node_id.unwrap();
     let none = h.runner.reconcile_node(node, &[]).await.unwrap();
     assert_eq!(none, kiln_pool::Reconciled::default());
-    assert_eq!(task(&h, creating.id).await.status, TaskStatus::Delegated);
+    assert_eq!(h.task(creating.id).await.status, TaskStatus::Delegated);
 
     // Running, and listed by the node: nothing to do.
     h.runner.agent_started(creating_ws, None).await.unwrap();
     let none = h.runner.reconcile_node(node, &[creating_ws]).await.unwrap();
     assert_eq!(none, kiln_pool::Reconciled::default());
-    assert_eq!(task(&h, creating.id).await.status, TaskStatus::InProgress);
+    assert_eq!(h.task(creating.id).await.status, TaskStatus::InProgress);
 
     // Running in the store, but the node came back without it: the task fails, clearly.
     let done = h.runner.reconcile_node(node, &[]).await.unwrap();
     assert_eq!(done.failed_tasks, vec![creating.id]);
-    let failed = task(&h, creating.id).await;
+    let failed = h.task(creating.id).await;
     assert_eq!(failed.status, TaskStatus::Failed);
     assert!(
         failed
@@ -244,14 +218,14 @@ async fn a_hello_without_a_running_workspace_fails_its_task_and_settles_destroys
         .set_destroy_progress(kiln_pool::DestroyProgress::Requested);
     h.runner.agent_started(ws, None).await.unwrap();
     h.runner.completed(ws, None, None, None).await.unwrap();
-    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Destroying);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Destroying);
     let done = h
         .runner
         .reconcile_node(t.node_id.unwrap(), &[])
         .await
         .unwrap();
     assert_eq!(done.destroyed, vec![ws]);
-    assert_eq!(workspace_status(&h, ws).await, WorkspaceStatus::Destroyed);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Destroyed);
 }
 
 /// A chat stored `pending` with its first prompt by a process that stopped before asking

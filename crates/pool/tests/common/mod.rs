@@ -9,10 +9,11 @@ use std::time::Duration;
 use kiln_core::memory::{MemoryProvider, MemoryStore};
 use kiln_core::{
     LifecycleClock, ManualClock, Node, NodeBootstrap, NodeId, NodeProvider, NodeSpec, NodeState,
-    NodeStore, Project, ProjectId, SessionStore, Store, Timestamp, UserId, VmSize,
+    NodeStore, Project, ProjectId, SessionStore, Store, Task, TaskId, TaskStatus, Timestamp,
+    UserId, VmSize, WorkspaceId, WorkspaceStatus,
 };
 use kiln_pool::memory::MemoryWorkspaces;
-use kiln_pool::{Settings, TaskRunner, WarmPool};
+use kiln_pool::{NewTask, Settings, TaskRunner, WarmPool};
 
 pub const MINUTE: Duration = Duration::from_secs(60);
 
@@ -28,6 +29,37 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The stored task.
+    pub async fn task(&self, id: TaskId) -> Task {
+        self.store.get_task(id).await.unwrap().unwrap()
+    }
+
+    /// The stored workspace's status.
+    pub async fn workspace_status(&self, id: WorkspaceId) -> WorkspaceStatus {
+        self.store.get_workspace(id).await.unwrap().unwrap().status
+    }
+
+    /// A task run to `delegated`: its workspace is being created on its node.
+    pub async fn delegated_task(&self, title: &str) -> Task {
+        let queued = self
+            .runner
+            .run_now(NewTask {
+                project_id: self.project.id,
+                title: title.into(),
+                description: format!("{title}: do it"),
+                priority: 0,
+                vm_size_override: None,
+                agent_hint: None,
+            })
+            .await
+            .unwrap();
+        eventually("the task is delegated", || async {
+            self.task(queued.id).await.status == TaskStatus::Delegated
+        })
+        .await;
+        self.task(queued.id).await
+    }
+
     pub async fn new() -> Self {
         Self::with(Settings::default()).await
     }
