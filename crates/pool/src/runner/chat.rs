@@ -17,7 +17,7 @@ use kiln_core::{
 };
 
 use super::TaskRunner;
-use crate::controller::{DestroyProgress, WorkspaceRequest};
+use crate::controller::WorkspaceRequest;
 use crate::error::Error;
 use crate::pool::live_workspace_statuses;
 
@@ -476,18 +476,8 @@ impl TaskRunner {
         }
         self.set_workspace(workspace, WorkspaceStatus::Destroying, None)
             .await?;
-        match self
-            .inner
-            .workspaces
-            .destroy_workspace(node, workspace)
-            .await
-        {
-            Ok(DestroyProgress::Destroyed) => self.workspace_destroyed(workspace).await?,
-            Ok(DestroyProgress::Requested) => {}
-            Err(e) => {
-                tracing::warn!(session = %session.id, %workspace, error = %e, "could not destroy the chat's workspace; the node stays until its max lifetime");
-            }
-        }
+        self.send_destroy(node, workspace, &format!("chat {}", session.id))
+            .await?;
         Ok(())
     }
 

@@ -597,6 +597,34 @@ impl TaskRunner {
         Ok(true)
     }
 
+    /// Sends the destroy command of `workspace` (already `destroying`) to `node`; a destroy
+    /// done at once is recorded at once. A command that cannot be sent is logged (`whose`
+    /// names the task or chat) and answered `false`: the workspace stays `destroying`, which
+    /// the next resume sends again, and its node stays until its max lifetime.
+    pub(super) async fn send_destroy(
+        &self,
+        node: NodeId,
+        workspace: WorkspaceId,
+        whose: &str,
+    ) -> Result<bool, Error> {
+        match self
+            .inner
+            .workspaces
+            .destroy_workspace(node, workspace)
+            .await
+        {
+            Ok(DestroyProgress::Destroyed) => {
+                self.workspace_destroyed(workspace).await?;
+                Ok(true)
+            }
+            Ok(DestroyProgress::Requested) => Ok(true),
+            Err(e) => {
+                tracing::warn!(%node, %workspace, error = %e, "could not send a workspace's destroy command ({whose})");
+                Ok(false)
+            }
+        }
+    }
+
     async fn run_effects(&self, task: &Task, effects: Vec<TaskEffect>) -> Result<(), Error> {
         for effect in effects {
             let (Some(workspace), Some(node)) = (task.workspace_id, task.node_id) else {
@@ -613,20 +641,8 @@ impl TaskRunner {
                 TaskEffect::DestroyWorkspace => {
                     self.set_workspace(workspace, WorkspaceStatus::Destroying, None)
                         .await?;
-                    match self
-                        .inner
-                        .workspaces
-                        .destroy_workspace(node, workspace)
-                        .await
-                    {
-                        Ok(DestroyProgress::Destroyed) => {
-                            self.workspace_destroyed(workspace).await?;
-                        }
-                        Ok(DestroyProgress::Requested) => {}
-                        Err(e) => {
-                            tracing::warn!(task = %task.id, %workspace, error = %e, "could not destroy the workspace; the node stays until its max lifetime");
-                        }
-                    }
+                    self.send_destroy(node, workspace, &format!("task {}", task.id))
+                        .await?;
                 }
                 // Done by `workspace_destroyed` once the node is empty.
                 TaskEffect::ReleaseNode

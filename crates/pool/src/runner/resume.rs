@@ -28,7 +28,6 @@
 use kiln_core::{NodeState, SessionStatus, TaskStatus, WorkspaceQuery, WorkspaceStatus};
 
 use super::TaskRunner;
-use crate::controller::DestroyProgress;
 use crate::error::Error;
 
 /// What [`TaskRunner::resume`] picked up.
@@ -111,20 +110,16 @@ impl TaskRunner {
             if !live {
                 continue;
             }
-            match self
-                .inner
-                .workspaces
-                .destroy_workspace(workspace.node_id, workspace.id)
-                .await
+            let whose = match (workspace.task_id, workspace.session_id) {
+                (Some(task), _) => format!("task {task}"),
+                (None, Some(session)) => format!("chat {session}"),
+                (None, None) => "no task or chat".to_owned(),
+            };
+            if self
+                .send_destroy(workspace.node_id, workspace.id, &whose)
+                .await?
             {
-                Ok(DestroyProgress::Destroyed) => {
-                    self.workspace_destroyed(workspace.id).await?;
-                    resumed.destroying += 1;
-                }
-                Ok(DestroyProgress::Requested) => resumed.destroying += 1,
-                Err(e) => {
-                    tracing::warn!(workspace = %workspace.id, error = %e, "could not resend a workspace's destroy command");
-                }
+                resumed.destroying += 1;
             }
         }
         if resumed != Resumed::default() {
