@@ -970,11 +970,36 @@ async fn soak(database_url: Option<String>, label: &str) {
                     .is_some_and(|m| m.contains("queued") || m.contains("delegated"))
         })
         .count();
+    // Why tasks failed, ids blanked so that alike reasons count together.
+    let mut reasons: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for t in final_tasks.iter().filter(|t| t["status"] == "failed") {
+        let message = t["errorMessage"].as_str().unwrap_or("(no reason)");
+        let blanked: String = message
+            .split(' ')
+            .map(|w| {
+                if w.len() >= 32 && w.contains('-') {
+                    "<id>"
+                } else {
+                    w
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        *reasons
+            .entry(blanked.chars().take(110).collect())
+            .or_default() += 1;
+    }
+    let mut reasons: Vec<(String, usize)> = reasons.into_iter().collect();
+    reasons.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
+    let failures: String = reasons
+        .iter()
+        .map(|(r, n)| format!("\n|   {n:>4} × {r}"))
+        .collect();
     let table = format!(
         "\n== chaos soak summary [{label}] (seed {seed}) ==\n\
          | load            | {inflight} tasks in flight, {tasks} tasks run, {msgs} answer msgs/turn, {secs:.0} s of faults, {fr} fault rounds |\n\
          | faults          | {faults:?} |\n\
-         | tasks           | completed {c}, failed {f} (stranded by a restart {stranded}), cancelled {x}, stuck {stuck} (all terminal {all:.1} s after faults) |\n\
+         | tasks           | completed {c}, failed {f} (stranded by a restart {stranded}), cancelled {x}, stuck {stuck} (all terminal {all:.1} s after faults) |{failures}\n\
          | messages        | produced {produced} / stored {stored_n} / lost {lost} / duplicated {dup} / out of order {ooo} |\n\
          | nodes           | provider {pl} live / store {sl} live / orphans {o} / ghosts {g} (agreed {nc:.1} s after the tasks) |\n\
          | recovery        | p50 {p50:.0} ms / p99 {p99:.0} ms / max {max:.0} ms over {n} faults |\n\
