@@ -247,6 +247,14 @@ pub struct ChatSession {
     pub topic: Option<String>,
     /// Where it is in its life.
     pub status: SessionStatus,
+    /// For a chat without a task: the agent the user asked for, kept so a chat resumed after
+    /// a restart (or given a new workspace) runs the same agent. `None`: the default agent.
+    #[serde(default)]
+    pub agent_hint: Option<String>,
+    /// For a chat without a task: the VM size the user asked for, kept like `agent_hint`.
+    /// `None`: the project's default size.
+    #[serde(default)]
+    pub vm_size: Option<VmSize>,
     /// How many messages it holds.
     pub message_count: i64,
     /// When it was created.

@@ -28,6 +28,48 @@ async fn status(h: &Harness, id: SessionId) -> SessionStatus {
 }
 
 #[tokio::test]
+async fn a_chat_stores_the_agent_and_size_it_was_opened_with() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let session = h
+        .runner
+        .open_chat_inline(NewChat {
+            agent_hint: Some("codex".into()),
+            vm_size: Some(VmSize::Large),
+            ..chat(&h, Some("Hi"))
+        })
+        .await
+        .unwrap();
+    let stored = h.store.get_session(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.agent_hint.as_deref(), stored.vm_size),
+        (Some("codex"), Some(VmSize::Large))
+    );
+    assert_eq!(session, stored);
+    let requests = h.nodes.created();
+    assert_eq!(requests[0].agent_hint.as_deref(), Some("codex"));
+    let node = h
+        .store
+        .get_node(requests[0].node_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(node.size, VmSize::Large);
+
+    // A blank hint is no hint; no size asked: none stored (the project's default applies).
+    let plain = h
+        .runner
+        .open_chat(NewChat {
+            agent_hint: Some("  ".into()),
+            vm_size: None,
+            ..chat(&h, None)
+        })
+        .await
+        .unwrap();
+    assert_eq!((plain.agent_hint, plain.vm_size), (None, None));
+}
+
+#[tokio::test]
 async fn a_chat_runs_on_a_pooled_node_and_closing_it_leaves_the_node_warm() {
     let h = Harness::new().await;
     let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
@@ -200,6 +242,8 @@ async fn closing_a_chat_whose_start_was_cut_off_gives_its_idle_node_back() {
         workspace_id: None,
         topic: None,
         status: SessionStatus::Pending,
+        agent_hint: None,
+        vm_size: None,
         message_count: 0,
         created_at: now,
         updated_at: now,

@@ -231,6 +231,16 @@ async fn a_hello_without_a_running_workspace_fails_its_task_and_settles_destroys
 /// A chat stored `pending` with its first prompt by a process that stopped before asking
 /// for its workspace (while its node was being acquired).
 async fn stranded_chat(h: &Harness, prompt: &str) -> (ChatSession, MessageId) {
+    stranded_chat_with(h, prompt, None, None).await
+}
+
+/// Like [`stranded_chat`], opened with an agent hint and a VM size.
+async fn stranded_chat_with(
+    h: &Harness,
+    prompt: &str,
+    agent_hint: Option<&str>,
+    vm_size: Option<VmSize>,
+) -> (ChatSession, MessageId) {
     let now = h.now();
     let session = ChatSession {
         id: SessionId::new(),
@@ -240,6 +250,8 @@ async fn stranded_chat(h: &Harness, prompt: &str) -> (ChatSession, MessageId) {
         workspace_id: None,
         topic: None,
         status: SessionStatus::Pending,
+        agent_hint: agent_hint.map(str::to_owned),
+        vm_size,
         message_count: 0,
         created_at: now,
         updated_at: now,
@@ -320,11 +332,10 @@ async fn a_pending_chat_left_without_a_workspace_is_started_on_resume() {
     assert_eq!(r.session_id, chat.id);
     assert_eq!(Some(r.workspace_id), session.workspace_id);
     assert_eq!(r.repository_url, h.project.repository_url);
-    // The stored first prompt goes along; the agent hint is not stored (default agent).
+    // The stored first prompt goes along; opened without a hint: the default agent.
     assert_eq!(r.prompt.as_ref().unwrap().message_id, prompt);
     assert_eq!(r.agent_hint, None);
-    // Its node: claimed by the chat, of the project's default size (the size asked for
-    // is not stored either).
+    // Its node: claimed by the chat, of the project's default size (none was asked for).
     let node = h.store.get_node(r.node_id).await.unwrap().unwrap();
     assert_eq!(node.claimed_by, Some(chat_claim(chat.id)));
     assert_eq!(node.size, h.project.default_vm_size);
@@ -334,6 +345,41 @@ async fn a_pending_chat_left_without_a_workspace_is_started_on_resume() {
     assert_eq!(
         chat_session(&h, chat.id).await.status,
         SessionStatus::Active
+    );
+}
+
+#[tokio::test]
+async fn a_pending_chat_resumes_with_the_agent_and_size_it_was_opened_with() {
+    let h = Harness::new().await;
+    assert_ne!(h.project.default_vm_size, VmSize::Large);
+    let (chat, prompt) =
+        stranded_chat_with(&h, "Port it", Some("codex"), Some(VmSize::Large)).await;
+    let (runner, workspaces) = restarted(&h);
+    let _boots = simulate_node_boots(runner.pool().clone(), Duration::ZERO).await;
+
+    assert_eq!(runner.resume().await.unwrap().chats, 1);
+    eventually("the resumed chat has its workspace", || async {
+        chat_session(&h, chat.id).await.workspace_id.is_some()
+    })
+    .await;
+    let requests = workspaces.created();
+    assert_eq!(requests.len(), 1, "one workspace for the resumed chat");
+    let r = &requests[0];
+    assert_eq!(r.session_id, chat.id);
+    assert_eq!(r.prompt.as_ref().unwrap().message_id, prompt);
+    assert_eq!(
+        r.agent_hint.as_deref(),
+        Some("codex"),
+        "the agent asked for"
+    );
+    let node = h.store.get_node(r.node_id).await.unwrap().unwrap();
+    assert_eq!(node.claimed_by, Some(chat_claim(chat.id)));
+    assert_eq!(node.size, VmSize::Large, "the size asked for");
+    let session = chat_session(&h, chat.id).await;
+    assert_eq!(
+        (session.agent_hint.as_deref(), session.vm_size),
+        (Some("codex"), Some(VmSize::Large)),
+        "still stored for a later start"
     );
 }
 
@@ -407,8 +453,9 @@ async fn a_chat_whose_workspace_is_still_creating_gets_its_command_again() {
     assert_eq!(r.session_id, opened.id);
     assert_eq!(r.prompt, first[0].prompt, "the same first prompt, same id");
     assert_eq!(
-        r.agent_hint, None,
-        "the hint is not stored: the default agent"
+        r.agent_hint.as_deref(),
+        Some("claude"),
+        "the stored hint: the agent the chat was opened with"
     );
     // Nothing else moved: one workspace, one node.
     assert_eq!(all_workspaces(&h).await.len(), 1);

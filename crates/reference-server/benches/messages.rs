@@ -140,6 +140,8 @@ async fn setup(store: Arc<dyn Store>, nodes: usize) -> Setup {
             workspace_id: None,
             topic: None,
             status: SessionStatus::Active,
+            agent_hint: None,
+            vm_size: None,
             message_count: 0,
             created_at: now,
             updated_at: now,

@@ -85,7 +85,7 @@ pub(super) fn task(row: &PgRow) -> Result<Task, StoreError> {
 }
 
 pub(super) const SESSION_COLUMNS: &str = "id, project_id, owner, task_id, workspace_id, topic, \
-     status, message_count, created_at, updated_at";
+     status, agent_hint, vm_size, message_count, created_at, updated_at";
 
 pub(super) fn session(row: &PgRow) -> Result<ChatSession, StoreError> {
     Ok(ChatSession {
@@ -96,6 +96,10 @@ pub(super) fn session(row: &PgRow) -> Result<ChatSession, StoreError> {
         workspace_id: opt_id(row, "workspace_id")?,
         topic: get(row, "topic")?,
         status: parse_enum(&get::<String>(row, "status")?)?,
+        agent_hint: get(row, "agent_hint")?,
+        vm_size: get::<Option<String>>(row, "vm_size")?
+            .map(|s| parse_enum(&s))
+            .transpose()?,
         message_count: get(row, "message_count")?,
         created_at: time(row, "created_at")?,
         updated_at: time(row, "updated_at")?,

@@ -140,8 +140,8 @@ impl SessionStore for SqliteStore {
     async fn create_session(&self, session: &ChatSession) -> Result<(), StoreError> {
         let done = sqlx::query(
             "INSERT INTO chat_sessions (id, project_id, owner, task_id, workspace_id, topic, \
-             status, message_count, created_at, updated_at) \
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10 \
+             status, message_count, created_at, updated_at, agent_hint, vm_size) \
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12 \
              WHERE EXISTS (SELECT 1 FROM projects WHERE id = ?2)",
         )
         .bind(session.id.0)
@@ -154,6 +154,8 @@ impl SessionStore for SqliteStore {
         .bind(session.message_count)
         .bind(us(session.created_at))
         .bind(us(session.updated_at))
+        .bind(&session.agent_hint)
+        .bind(session.vm_size.map(|v| v.as_str()))
         .execute(&self.pool)
         .await
         .map_err(map_err)?;

@@ -78,6 +78,8 @@ impl Fixture {
             workspace_id: None,
             topic: None,
             status: SessionStatus::Active,
+            agent_hint: None,
+            vm_size: None,
             message_count: 0,
             created_at: self.now(),
             updated_at: self.now(),

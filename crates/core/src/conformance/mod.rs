@@ -41,6 +41,7 @@ pub async fn store_suite(store: Arc<dyn Store>) {
     deleting_a_project_removes_its_tasks_sessions_and_messages(store.clone()).await;
     sessions_list_newest_first_and_filter_by_task(store.clone()).await;
     chats_list_by_status_across_projects(store.clone()).await;
+    chats_keep_their_agent_hint_and_vm_size(store.clone()).await;
     session_patches_change_only_what_they_name(store.clone()).await;
     message_inserts_are_idempotent_and_move_the_session(store.clone()).await;
     messages_into_an_unknown_session_store_nothing(store.clone()).await;

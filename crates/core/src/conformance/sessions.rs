@@ -223,6 +223,59 @@ pub async fn chats_list_by_status_across_projects(store: Arc<dyn Store>) {
     assert!(store.list_chats_by_status(&[]).await.unwrap().is_empty());
 }
 
+/// A chat keeps the agent hint and VM size it was created with, through every read (by id,
+/// by project, the resume scan) and through patches, which never touch them; a chat created
+/// without them reads back without them.
+pub async fn chats_keep_their_agent_hint_and_vm_size(store: Arc<dyn Store>) {
+    let f = Fixture::new(store.clone()).await;
+    let plain = f.session(None).await;
+    let mut chosen = plain.clone();
+    chosen.id = SessionId::new();
+    chosen.agent_hint = Some("codex".into());
+    chosen.vm_size = Some(VmSize::Large);
+    store.create_session(&chosen).await.unwrap();
+    assert_eq!(
+        store.get_session(chosen.id).await.unwrap(),
+        Some(chosen.clone()),
+        "a created chat reads back with its agent hint and size"
+    );
+    assert_eq!(
+        store.get_session(plain.id).await.unwrap(),
+        Some(plain.clone()),
+        "a chat created without a hint or size reads back without them"
+    );
+    let listed = store
+        .list_sessions(f.project.id, &SessionQuery::default())
+        .await
+        .unwrap();
+    assert!(listed.contains(&chosen), "{listed:?}");
+    let pending = store
+        .update_session(
+            chosen.id,
+            &SessionPatch {
+                status: Some(SessionStatus::Pending),
+                topic: Some(Some("topic".into())),
+                ..SessionPatch::default()
+            },
+            f.now(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (pending.agent_hint.as_deref(), pending.vm_size),
+        (Some("codex"), Some(VmSize::Large)),
+        "a patch leaves the hint and size alone"
+    );
+    let resumable = store
+        .list_chats_by_status(&[SessionStatus::Pending])
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == chosen.id)
+        .expect("the pending chat is listed for resume");
+    assert_eq!(resumable, pending);
+}
+
 /// A session patch changes only the fields it names, and moves updated_at.
 pub async fn session_patches_change_only_what_they_name(store: Arc<dyn Store>) {
     let f = Fixture::new(store.clone()).await;

@@ -42,7 +42,6 @@ struct ChatStart {
     provider: String,
     size: VmSize,
     prompt: Option<Prompt>,
-    agent_hint: Option<String>,
 }
 
 /// The id under which a chat's node is claimed (its session id).
@@ -140,6 +139,7 @@ impl TaskRunner {
             .await?
             .ok_or_else(|| Error::not_found("project", new.project_id))?;
         let now = self.now();
+        // Stored with the session, so a resumed start asks for the same agent and size.
         let session = ChatSession {
             id: SessionId::new(),
             project_id: project.id,
@@ -148,6 +148,8 @@ impl TaskRunner {
             workspace_id: None,
             topic: None,
             status: SessionStatus::Pending,
+            agent_hint: new.agent_hint.filter(|h| !h.trim().is_empty()),
+            vm_size: new.vm_size,
             message_count: 0,
             created_at: now,
             updated_at: now,
@@ -190,7 +192,6 @@ impl TaskRunner {
             provider: project.provider,
             size,
             prompt,
-            agent_hint: new.agent_hint.filter(|h| !h.trim().is_empty()),
         })
     }
 
@@ -202,7 +203,6 @@ impl TaskRunner {
             provider,
             size,
             prompt,
-            agent_hint,
         } = start;
         let session = &session;
         let pool = &self.inner.pool;
@@ -289,7 +289,7 @@ impl TaskRunner {
             repository_url,
             branch: None,
             prompt,
-            agent_hint,
+            agent_hint: session.agent_hint.clone(),
         };
         if let Err(e) = self.inner.workspaces.create_workspace(&request).await {
             tracing::warn!(session = %session.id, workspace = %workspace.id, error = %e, "chat workspace did not start");
@@ -315,10 +315,8 @@ impl TaskRunner {
     /// with no workspace yet, its node is acquired again (the node already claimed for it,
     /// if any) and its workspace started in the background, as [`open_chat`](Self::open_chat)
     /// does; with a workspace still `creating`, the create-workspace command is sent again.
-    ///
-    /// The chat's agent hint and machine size are not stored: a resumed chat runs the
-    /// default agent, on the node already claimed for it or else on one of the project's
-    /// default size.
+    /// Either way it asks for the agent and machine size the chat was opened with (stored
+    /// in the session); a node already claimed for it is used whatever its size.
     pub(super) async fn resume_chat(&self, session: ChatSession) -> Result<bool, Error> {
         if session.task_id.is_some() || session.status != SessionStatus::Pending {
             return Ok(false);
@@ -343,9 +341,8 @@ impl TaskRunner {
             let start = ChatStart {
                 repository_url: project.repository_url,
                 provider: project.provider,
-                size: project.default_vm_size,
+                size: session.vm_size.unwrap_or(project.default_vm_size),
                 prompt,
-                agent_hint: None,
                 session,
             };
             let runner = self.clone();
@@ -378,7 +375,7 @@ impl TaskRunner {
             repository_url: project.repository_url,
             branch: None,
             prompt,
-            agent_hint: None,
+            agent_hint: session.agent_hint.clone(),
         };
         tracing::info!(session = %session.id, node = %workspace.node_id, workspace = %workspace_id, "resuming a pending chat: sending its workspace command again");
         self.inner.workspaces.create_workspace(&request).await?;

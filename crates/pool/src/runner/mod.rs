@@ -307,6 +307,8 @@ impl TaskRunner {
                 workspace_id: None,
                 topic: Some(kiln_core::model::topic_from_message(&task.title)),
                 status: SessionStatus::Pending,
+                agent_hint: None,
+                vm_size: None,
                 message_count: 0,
                 created_at: now,
                 updated_at: now,

@@ -115,6 +115,8 @@ pub(crate) async fn create(
         workspace_id: None,
         topic: Some(title.clone()),
         status: SessionStatus::Pending,
+        agent_hint: None,
+        vm_size: None,
         message_count: 0,
         created_at: now,
         updated_at: now,
