@@ -468,6 +468,63 @@ async fn a_chat_whose_workspace_is_still_creating_gets_its_command_again() {
     assert!(workspaces.created().is_empty());
 }
 
+/// A follow-up accepted while the chat's workspace was still being created waited in the
+/// old server's memory (its command queue) for the node. The stored messages do not say
+/// whether the node took it before the restart, and the node runs every prompt command it
+/// gets, so the resumed chat sends only its first prompt again: the follow-up stays in the
+/// conversation and is never sent twice (README, "Chats without a task").
+#[tokio::test]
+async fn a_resumed_chat_sends_only_its_first_prompt_again_and_keeps_later_ones_stored() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let opened = h
+        .runner
+        .open_chat_inline(NewChat {
+            project_id: h.project.id,
+            vm_size: None,
+            prompt: Some("Explain the build".into()),
+            agent_hint: None,
+        })
+        .await
+        .unwrap();
+    let first = h.nodes.created()[0].prompt.clone().unwrap();
+    // The follow-up, stored as `POST /api/sessions/{id}/prompt` stores it.
+    let now = h.now();
+    let follow_up = ChatMessage {
+        id: MessageId::new(),
+        session_id: opened.id,
+        role: Role::User,
+        content: "And the tests?".into(),
+        tool: None,
+        seq: None,
+        created_at: now,
+    };
+    h.store
+        .insert_messages(std::slice::from_ref(&follow_up), now)
+        .await
+        .unwrap();
+
+    let (runner, workspaces) = restarted(&h);
+    assert_eq!(runner.resume().await.unwrap().chats, 1);
+    let requests = workspaces.created();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        requests[0].prompt.as_ref().map(|p| p.message_id),
+        Some(first.message_id),
+        "the first prompt again, not the follow-up"
+    );
+    let stored = h
+        .store
+        .list_messages(opened.id, kiln_core::MessagePage::Latest { limit: 10 })
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.iter().map(|m| m.message.id).collect::<Vec<_>>(),
+        vec![first.message_id, follow_up.id],
+        "the follow-up stays in the conversation"
+    );
+}
+
 #[tokio::test]
 async fn a_closed_chat_is_not_resumed() {
     let h = Harness::new().await;

@@ -316,7 +316,8 @@ impl TaskRunner {
     /// if any) and its workspace started in the background, as [`open_chat`](Self::open_chat)
     /// does; with a workspace still `creating`, the create-workspace command is sent again.
     /// Either way it asks for the agent and machine size the chat was opened with (stored
-    /// in the session); a node already claimed for it is used whatever its size.
+    /// in the session); a node already claimed for it is used whatever its size. Only the
+    /// first prompt is sent again; later user messages are not (see the resume module docs).
     pub(super) async fn resume_chat(&self, session: ChatSession) -> Result<bool, Error> {
         if session.task_id.is_some() || session.status != SessionStatus::Pending {
             return Ok(false);

@@ -16,9 +16,12 @@
 //!   it acquires its node again — the node already claimed for it
 //!   ([`chat_claim`](super::chat_claim)) if there is one, so no second node is provisioned
 //!   — and starts its workspace; with a workspace still `creating`, it gets its
-//!   create-workspace command again. A chat's agent hint (and machine size) is not stored,
-//!   so a resumed chat runs the default agent (on the project's default size when no node
-//!   was claimed for it yet).
+//!   create-workspace command again. Either way with the agent hint and machine size stored
+//!   in its session, so it runs the agent the user chose (a new node is of the size asked
+//!   for). Only its first prompt goes again: a follow-up accepted while the workspace was
+//!   being created waited in the stopped server's command queue, and nothing stored says
+//!   whether the node took it before the stop (the node runs every prompt command it gets),
+//!   so it stays in the conversation unsent rather than risk running twice.
 //! - a workspace left `destroying` gets its destroy command again, so its node is released
 //!   once the node reports it gone (instead of waiting for the node's maximum lifetime).
 //!
