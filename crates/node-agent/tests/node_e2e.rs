@@ -561,6 +561,63 @@ async fn a_chat_keeps_its_session_between_prompts_and_no_project_persists_nothin
     let _ = run.node.await;
 }
 
+/// A control plane that lost track of which prompts the node took (a server restart)
+/// sends them again; the node runs each message id once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_delivered_twice_runs_one_turn() {
+    let run = start_node().await;
+    let chat = WorkspaceId::new();
+    let prompt = |message_id: MessageId, text: &str| NodeCommand::Prompt {
+        workspace_id: chat,
+        prompt: Prompt {
+            message_id,
+            text: text.into(),
+        },
+    };
+    let first = MessageId::new();
+    run.fake.push(NodeCommand::CreateWorkspace {
+        workspace_id: chat,
+        project_id: Some(ProjectId::new()),
+        session_id: Some(SessionId::new()),
+        task_id: None,
+        repository_url: String::new(),
+        branch: None,
+        prompt: Some(Prompt {
+            message_id: first,
+            text: "hello".into(),
+        }),
+        callback_token: "chat-token".into(),
+        agent_hint: None,
+        git_token: None,
+    });
+    // The first prompt again (it came with the create), and a follow-up twice, queued
+    // behind the first turn; then one more, whose answer comes after any repeated turn's.
+    let follow_up = MessageId::new();
+    run.fake.push(prompt(first, "hello"));
+    run.fake.push(prompt(follow_up, "and again"));
+    run.fake.push(prompt(follow_up, "and again"));
+    run.fake.push(prompt(MessageId::new(), "the last one"));
+    let messages = run
+        .fake
+        .wait_for(20, "the last answer", |i| {
+            i.messages
+                .iter()
+                .any(|m| m.role == Role::Assistant && m.content.contains("the last one"))
+                .then(|| i.messages.clone())
+        })
+        .await;
+    let answers: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(answers.len(), 3, "one turn per message id: {answers:?}");
+    assert!(answers[0].contains("hello"), "{answers:?}");
+    assert!(answers[1].contains("and again"), "{answers:?}");
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_reconnects_after_an_outage_and_stops_on_410() {
     // Nothing listens at first: the node keeps retrying.

@@ -81,6 +81,16 @@ pub trait WorkspaceController: Send + Sync + fmt::Debug + 'static {
     /// later (through [`TaskRunner::agent_started`](crate::TaskRunner::agent_started)).
     async fn create_workspace(&self, request: &WorkspaceRequest) -> Result<(), ControllerError>;
 
+    /// Sends a prompt to the workspace's agent, queued behind its checkout and start (and
+    /// any turn under way). The node takes a prompt once per message id: sending one it took
+    /// already does nothing.
+    async fn send_prompt(
+        &self,
+        node: NodeId,
+        workspace: WorkspaceId,
+        prompt: &Prompt,
+    ) -> Result<(), ControllerError>;
+
     /// Stops the workspace's agent if it still runs; the workspace is kept for inspection.
     async fn stop_agent(&self, node: NodeId, workspace: WorkspaceId)
     -> Result<(), ControllerError>;
@@ -97,6 +107,14 @@ pub trait WorkspaceController: Send + Sync + fmt::Debug + 'static {
 impl<T: WorkspaceController + ?Sized> WorkspaceController for Arc<T> {
     async fn create_workspace(&self, request: &WorkspaceRequest) -> Result<(), ControllerError> {
         (**self).create_workspace(request).await
+    }
+    async fn send_prompt(
+        &self,
+        node: NodeId,
+        workspace: WorkspaceId,
+        prompt: &Prompt,
+    ) -> Result<(), ControllerError> {
+        (**self).send_prompt(node, workspace, prompt).await
     }
     async fn stop_agent(
         &self,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
+use kiln_core::protocol::Prompt;
 use kiln_core::{Change, NodeId, NodeQuery, NodeState, WorkspaceId};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -29,6 +30,7 @@ pub struct MemoryWorkspaces {
 #[derive(Debug)]
 struct FakeState {
     created: Vec<WorkspaceRequest>,
+    prompts: Vec<(WorkspaceId, Prompt)>,
     stopped: Vec<WorkspaceId>,
     destroyed: Vec<WorkspaceId>,
     create_failures: VecDeque<ControllerError>,
@@ -49,6 +51,7 @@ impl MemoryWorkspaces {
         Self {
             state: Mutex::new(FakeState {
                 created: Vec::new(),
+                prompts: Vec::new(),
                 stopped: Vec::new(),
                 destroyed: Vec::new(),
                 create_failures: VecDeque::new(),
@@ -90,6 +93,13 @@ impl MemoryWorkspaces {
         self.lock().created.clone()
     }
 
+    /// Every prompt sent with [`send_prompt`](WorkspaceController::send_prompt), in order
+    /// (each call, repeats included: the node is the one that drops a repeated message id).
+    #[must_use]
+    pub fn prompts(&self) -> Vec<(WorkspaceId, Prompt)> {
+        self.lock().prompts.clone()
+    }
+
     /// Workspaces whose agent was asked to stop.
     #[must_use]
     pub fn stopped(&self) -> Vec<WorkspaceId> {
@@ -119,6 +129,16 @@ impl WorkspaceController for MemoryWorkspaces {
         s.created.push(request.clone());
         // No receiver (dropped) is fine: nobody plays the node.
         let _ = self.requests_tx.send(request.clone());
+        Ok(())
+    }
+
+    async fn send_prompt(
+        &self,
+        _node: NodeId,
+        workspace: WorkspaceId,
+        prompt: &Prompt,
+    ) -> Result<(), ControllerError> {
+        self.lock().prompts.push((workspace, prompt.clone()));
         Ok(())
     }
 

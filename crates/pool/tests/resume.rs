@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Harness, eventually, settle};
+use kiln_core::protocol::Prompt;
 use kiln_core::{
     ChatMessage, ChatSession, MessageId, NodeQuery, NodeState, NodeStore, Role, SessionId,
     SessionStatus, SessionStore, Task, TaskId, TaskStatus, TaskStore, VmSize, WorkspaceQuery,
@@ -470,11 +471,12 @@ async fn a_chat_whose_workspace_is_still_creating_gets_its_command_again() {
 
 /// A follow-up accepted while the chat's workspace was still being created waited in the
 /// old server's memory (its command queue) for the node. The stored messages do not say
-/// whether the node took it before the restart, and the node runs every prompt command it
-/// gets, so the resumed chat sends only its first prompt again: the follow-up stays in the
-/// conversation and is never sent twice (README, "Chats without a task").
+/// whether the node took it before the restart, so the resumed chat sends every user
+/// message after its first prompt again, in order, under its own message id, after the
+/// create command (which carries the first prompt); the node drops those it took already
+/// (README, "Chats without a task").
 #[tokio::test]
-async fn a_resumed_chat_sends_only_its_first_prompt_again_and_keeps_later_ones_stored() {
+async fn a_resumed_chat_sends_its_follow_ups_again_in_order_after_its_first_prompt() {
     let h = Harness::new().await;
     let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
     let opened = h
@@ -488,21 +490,28 @@ async fn a_resumed_chat_sends_only_its_first_prompt_again_and_keeps_later_ones_s
         .await
         .unwrap();
     let first = h.nodes.created()[0].prompt.clone().unwrap();
-    // The follow-up, stored as `POST /api/sessions/{id}/prompt` stores it.
-    let now = h.now();
-    let follow_up = ChatMessage {
+    // Two follow-ups, stored as `POST /api/sessions/{id}/prompt` stores them, and an
+    // agent's message between them (not a prompt).
+    let message = |role: Role, content: &str| ChatMessage {
         id: MessageId::new(),
         session_id: opened.id,
-        role: Role::User,
-        content: "And the tests?".into(),
+        role,
+        content: content.into(),
         tool: None,
         seq: None,
-        created_at: now,
+        created_at: h.now(),
     };
-    h.store
-        .insert_messages(std::slice::from_ref(&follow_up), now)
-        .await
-        .unwrap();
+    let follow_ups = [
+        message(Role::User, "And the tests?"),
+        message(Role::Assistant, "Working on it."),
+        message(Role::User, "And the docs?"),
+    ];
+    for m in &follow_ups {
+        h.store
+            .insert_messages(std::slice::from_ref(m), h.now())
+            .await
+            .unwrap();
+    }
 
     let (runner, workspaces) = restarted(&h);
     assert_eq!(runner.resume().await.unwrap().chats, 1);
@@ -511,17 +520,28 @@ async fn a_resumed_chat_sends_only_its_first_prompt_again_and_keeps_later_ones_s
     assert_eq!(
         requests[0].prompt.as_ref().map(|p| p.message_id),
         Some(first.message_id),
-        "the first prompt again, not the follow-up"
+        "the create command carries the first prompt again"
     );
-    let stored = h
-        .store
-        .list_messages(opened.id, kiln_core::MessagePage::Latest { limit: 10 })
-        .await
-        .unwrap();
+    let workspace = requests[0].workspace_id;
     assert_eq!(
-        stored.iter().map(|m| m.message.id).collect::<Vec<_>>(),
-        vec![first.message_id, follow_up.id],
-        "the follow-up stays in the conversation"
+        workspaces.prompts(),
+        vec![
+            (
+                workspace,
+                Prompt {
+                    message_id: follow_ups[0].id,
+                    text: "And the tests?".into(),
+                }
+            ),
+            (
+                workspace,
+                Prompt {
+                    message_id: follow_ups[2].id,
+                    text: "And the docs?".into(),
+                }
+            ),
+        ],
+        "the follow-ups again, in order, once each, not the first prompt or the agent's words"
     );
 }
 

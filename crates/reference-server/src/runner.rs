@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use axum::http::StatusCode;
-use kiln_core::protocol::{NodeCommand, WorkspaceEvent};
+use kiln_core::protocol::{NodeCommand, Prompt, WorkspaceEvent};
 use kiln_core::{
     ChatSession, LifecycleClock, Node, NodeBootstrap, NodeId, SessionId, Store, Task, TaskId,
     WorkspaceId,
@@ -219,6 +219,28 @@ impl WorkspaceController for NodeController {
                 callback_token: token,
                 agent_hint: request.agent_hint.clone(),
                 git_token: None,
+            },
+        )
+        .await
+    }
+
+    async fn send_prompt(
+        &self,
+        node: NodeId,
+        workspace: WorkspaceId,
+        prompt: &Prompt,
+    ) -> Result<(), ControllerError> {
+        let id = prompt.message_id;
+        if self.already_queued(node, |c| {
+            matches!(c, NodeCommand::Prompt { workspace_id, prompt } if *workspace_id == workspace && prompt.message_id == id)
+        }) {
+            return Ok(());
+        }
+        self.send(
+            node,
+            NodeCommand::Prompt {
+                workspace_id: workspace,
+                prompt: prompt.clone(),
             },
         )
         .await

@@ -407,6 +407,10 @@ impl WorkspaceActor {
     }
 
     async fn send_prompt(&mut self, prompt: Prompt) {
+        if !self.record.take_prompt(prompt.message_id) {
+            tracing::debug!(workspace = %self.id(), message = %prompt.message_id, "prompt taken already; dropped");
+            return;
+        }
         if self.host.is_none() {
             // A workspace a restarted node found: its token back first, so the agent's words
             // are redacted of it from the start.

@@ -243,6 +243,7 @@ impl Workspaces {
                     turn_resumes: 0,
                     cancel_requested: false,
                     last_event: None,
+                    taken_prompts: Vec::new(),
                 };
                 if let Err(e) = record.save(&dir) {
                     self.shared.events.report(WorkspaceEvent::Failed {

@@ -79,7 +79,15 @@ pub struct WorkspaceRecord {
     /// at the control plane; the first copy may have been lost with the process).
     #[serde(default)]
     pub last_event: Option<kiln_core::protocol::WorkspaceEvent>,
+    /// The message ids of the last [`TAKEN_PROMPTS_KEPT`] prompts taken, oldest first: a
+    /// prompt command repeating one of them (a control plane sending its follow-ups again
+    /// after a restart) is dropped rather than run twice.
+    #[serde(default)]
+    pub taken_prompts: Vec<MessageId>,
 }
+
+/// How many taken prompt ids a workspace record keeps ([`WorkspaceRecord::taken_prompts`]).
+pub const TAKEN_PROMPTS_KEPT: usize = 256;
 
 /// A prompt whose turn has not ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,6 +116,19 @@ impl WorkspaceRecord {
             std::fs::read(&path).map_err(|e| NodeError::io(path.display().to_string(), e))?;
         serde_json::from_slice(&bytes)
             .map_err(|e| NodeError::InvalidConfig(format!("{}: {e}", path.display())))
+    }
+
+    /// Notes the prompt `id` as taken; `false` when it was taken already (among the last
+    /// [`TAKEN_PROMPTS_KEPT`]), so the prompt is not to run again.
+    pub fn take_prompt(&mut self, id: MessageId) -> bool {
+        let queued = self.turn_prompts.iter().any(|p| p.message_id == id);
+        if queued || self.taken_prompts.contains(&id) {
+            return false;
+        }
+        self.taken_prompts.push(id);
+        let excess = self.taken_prompts.len().saturating_sub(TAKEN_PROMPTS_KEPT);
+        self.taken_prompts.drain(..excess);
+        true
     }
 
     /// Writes the record atomically (temporary file, then rename), readable by the owner only.
@@ -171,6 +192,7 @@ mod tests {
             turn_resumes: 1,
             cancel_requested: false,
             last_event: None,
+            taken_prompts: vec![MessageId::new()],
         };
         record.save(dir.path()).unwrap();
         let mut json: serde_json::Value =
@@ -188,6 +210,7 @@ mod tests {
             "turnPrompts",
             "turnResumes",
             "cancelRequested",
+            "takenPrompts",
         ] {
             json.as_object_mut().unwrap().remove(field);
         }
@@ -196,6 +219,40 @@ mod tests {
         assert_eq!(old.git_token_given, None);
         assert!(old.turn_prompts.is_empty());
         assert_eq!((old.turn_resumes, old.cancel_requested), (0, false));
+        assert!(old.taken_prompts.is_empty());
         assert_eq!(old.repository_url, record.repository_url);
+    }
+
+    #[test]
+    fn a_record_refuses_a_prompt_id_it_took_and_keeps_only_the_last_ids() {
+        let mut record: WorkspaceRecord = serde_json::from_value(serde_json::json!({
+            "workspaceId": WorkspaceId::new(),
+            "projectId": null,
+            "sessionId": null,
+            "taskId": null,
+            "repositoryUrl": "https://git.example.com/team/app.git",
+            "requestedBranch": null,
+            "branch": null,
+            "callbackToken": "ws-token",
+            "agentHint": null,
+            "topic": null,
+            "acpSessionId": null,
+            "status": "running",
+        }))
+        .unwrap();
+        let first = MessageId::new();
+        assert!(record.take_prompt(first));
+        assert!(
+            !record.take_prompt(first),
+            "the same prompt again is dropped"
+        );
+        for _ in 0..TAKEN_PROMPTS_KEPT {
+            assert!(record.take_prompt(MessageId::new()));
+        }
+        assert_eq!(record.taken_prompts.len(), TAKEN_PROMPTS_KEPT);
+        assert!(
+            !record.taken_prompts.contains(&first),
+            "the oldest id is forgotten past the bound"
+        );
     }
 }

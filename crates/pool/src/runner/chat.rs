@@ -316,8 +316,10 @@ impl TaskRunner {
     /// if any) and its workspace started in the background, as [`open_chat`](Self::open_chat)
     /// does; with a workspace still `creating`, the create-workspace command is sent again.
     /// Either way it asks for the agent and machine size the chat was opened with (stored
-    /// in the session); a node already claimed for it is used whatever its size. Only the
-    /// first prompt is sent again; later user messages are not (see the resume module docs).
+    /// in the session); a node already claimed for it is used whatever its size. With a
+    /// workspace still `creating`, the chat's later user messages (follow-ups taken while it
+    /// was being created) are sent again after the command, in order, each under its own
+    /// message id: the node drops those it took before the stop.
     pub(super) async fn resume_chat(&self, session: ChatSession) -> Result<bool, Error> {
         if session.task_id.is_some() || session.status != SessionStatus::Pending {
             return Ok(false);
@@ -367,6 +369,7 @@ impl TaskRunner {
         if workspace.status != WorkspaceStatus::Creating {
             return Ok(false);
         }
+        let first = prompt.as_ref().map(|p| p.message_id);
         let request = WorkspaceRequest {
             node_id: workspace.node_id,
             workspace_id,
@@ -380,7 +383,55 @@ impl TaskRunner {
         };
         tracing::info!(session = %session.id, node = %workspace.node_id, workspace = %workspace_id, "resuming a pending chat: sending its workspace command again");
         self.inner.workspaces.create_workspace(&request).await?;
+        // The follow-ups the stopped process may not have handed to the node; the node drops
+        // those it took already.
+        for follow_up in self.follow_ups(session.id, first).await? {
+            self.inner
+                .workspaces
+                .send_prompt(workspace.node_id, workspace_id, &follow_up)
+                .await?;
+        }
         Ok(true)
+    }
+
+    /// The chat's user messages other than its first prompt (`first`), oldest first, as
+    /// prompts under their own message ids.
+    async fn follow_ups(
+        &self,
+        session: SessionId,
+        first: Option<MessageId>,
+    ) -> Result<Vec<Prompt>, Error> {
+        const PAGE: u32 = 200;
+        let mut prompts = Vec::new();
+        let mut cursor = 0;
+        loop {
+            let page = self
+                .store()
+                .list_messages(
+                    session,
+                    MessagePage::After {
+                        cursor,
+                        limit: PAGE,
+                    },
+                )
+                .await?;
+            let Some(last) = page.last() else {
+                return Ok(prompts);
+            };
+            cursor = last.cursor;
+            let full = page.len() == PAGE as usize;
+            prompts.extend(
+                page.into_iter()
+                    .filter(|m| m.message.role == Role::User && Some(m.message.id) != first)
+                    .map(|m| Prompt {
+                        message_id: m.message.id,
+                        text: m.message.content,
+                    }),
+            );
+            if !full {
+                return Ok(prompts);
+            }
+        }
     }
 
     /// The chat's first prompt: its oldest message, when the user wrote it.

@@ -18,10 +18,13 @@
 //!   — and starts its workspace; with a workspace still `creating`, it gets its
 //!   create-workspace command again. Either way with the agent hint and machine size stored
 //!   in its session, so it runs the agent the user chose (a new node is of the size asked
-//!   for). Only its first prompt goes again: a follow-up accepted while the workspace was
-//!   being created waited in the stopped server's command queue, and nothing stored says
-//!   whether the node took it before the stop (the node runs every prompt command it gets),
-//!   so it stays in the conversation unsent rather than risk running twice.
+//!   for). A chat whose workspace was still `creating` also gets its later user messages
+//!   sent again, in order, after the create command: a follow-up accepted while the
+//!   workspace was being created waited in the stopped server's command queue, and nothing
+//!   stored says whether the node took it before the stop. The node takes a prompt once per
+//!   message id (it remembers the ids it took, across its own restarts too), so one it took
+//!   already is dropped rather than run twice. (A chat with no workspace yet has no
+//!   follow-ups: they are refused until its workspace exists.)
 //! - a workspace left `destroying` gets its destroy command again, so its node is released
 //!   once the node reports it gone (instead of waiting for the node's maximum lifetime).
 //!
