@@ -105,6 +105,7 @@ impl Node {
             deltas: Some(deltas),
             clock,
             routes: routes.clone(),
+            control: control.clone(),
         });
         let workspaces = Arc::new(Workspaces::new(shared));
         let resumed = workspaces.resume().await;

@@ -15,7 +15,6 @@ use super::record::{RecordStatus, TurnPrompt, WorkspaceRecord};
 use super::resume::{SkippingRecorder, continuation_prompt, restart_failure, restart_notice};
 use super::{NodeShared, git};
 use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind, TurnSummary};
-use crate::control::ControlPlaneClient;
 use crate::credentials::{GitCredential, http_origin};
 use crate::error::{NodeError, Result};
 use crate::recorder::MessageRecorder;
@@ -145,14 +144,18 @@ impl WorkspaceActor {
         }
     }
 
+    /// Before the agent of a workspace a restarted node found starts: its git token back
+    /// first, so the agent's words are redacted of it from the start. Without it the agent
+    /// still starts (the push asks again).
+    async fn token_before_agent_starts(&mut self) {
+        if let Err(e) = self.ensure_git_credential().await {
+            tracing::warn!(workspace = %self.id(), error = %e, "the agent starts without the git token (the push asks again)");
+        }
+    }
+
     /// Asks the control plane for the workspace's git token, again while it is unreachable.
     async fn fetch_git_token(&self) -> Result<Secret> {
-        let config = &self.shared.config;
-        let control = ControlPlaneClient::new(
-            &config.control_plane_url,
-            config.node_id,
-            &config.callback_token,
-        )?;
+        let control = &self.shared.control;
         let mut delay = Duration::from_millis(500);
         let mut attempt = 1;
         loop {
@@ -336,9 +339,7 @@ impl WorkspaceActor {
             self.fail(restart_failure(restarts));
             return Vec::new();
         }
-        if let Err(e) = self.ensure_git_credential().await {
-            tracing::warn!(workspace = %self.id(), error = %e, "the agent starts without the git token (the push asks again)");
-        }
+        self.token_before_agent_starts().await;
         let early = self.arrived_commands();
         if early.iter().any(|c| {
             matches!(
@@ -412,11 +413,7 @@ impl WorkspaceActor {
             return;
         }
         if self.host.is_none() {
-            // A workspace a restarted node found: its token back first, so the agent's words
-            // are redacted of it from the start.
-            if let Err(e) = self.ensure_git_credential().await {
-                tracing::warn!(workspace = %self.id(), error = %e, "the agent starts without the git token (the push asks again)");
-            }
+            self.token_before_agent_starts().await;
             if let Err(e) = self.start_agent(None) {
                 self.fail(format!("the agent could not start: {e}"));
                 return;

@@ -36,6 +36,7 @@ use actor::{WorkspaceActor, WorkspaceCommand};
 use record::{RecordStatus, WorkspaceRecord};
 
 use crate::config::NodeConfig;
+use crate::control::ControlPlaneClient;
 use crate::credentials::GitCredential;
 use crate::events::EventReporter;
 use crate::recorder::DeltaSender;
@@ -55,6 +56,9 @@ pub struct NodeShared {
     pub clock: Arc<dyn LifecycleClock>,
     /// The message routes (the outbox).
     pub routes: Arc<dyn MessageRoutes>,
+    /// The node's client of the control plane (a restarted workspace asks it for its git
+    /// token).
+    pub control: ControlPlaneClient,
 }
 
 #[derive(Debug)]
