@@ -1,16 +1,20 @@
 //! A node's heartbeats settle the workspaces it no longer has, like its hello, but only once
 //! they are certainly gone: missing from consecutive heartbeats with the stored row
 //! unchanged, more than a heartbeat timeout after it last changed. A heartbeat built before a
-//! workspace started never fails its task.
+//! workspace started never fails its task. A chat without a task whose workspace vanished is
+//! stopped with a notice, and its node released.
 
 mod common;
 
 use std::time::Duration;
 
 use common::Harness;
-use kiln_core::{NodeId, NodeState, TaskId, TaskStatus, WorkspaceId, WorkspaceStatus};
+use kiln_core::{
+    ChatSession, MessagePage, NodeId, NodeState, Role, SessionStatus, SessionStore, TaskId,
+    TaskStatus, WorkspaceId, WorkspaceStatus,
+};
 use kiln_pool::memory::simulate_node_boots;
-use kiln_pool::{DestroyProgress, Reconciled};
+use kiln_pool::{DestroyProgress, NewChat, Reconciled};
 
 /// The node agent's heartbeat interval (`KILN_HEARTBEAT_INTERVAL_MS`).
 const INTERVAL: Duration = Duration::from_secs(15);
@@ -28,6 +32,43 @@ async fn running_task(h: &Harness, title: &str) -> (TaskId, NodeId, WorkspaceId)
     assert_eq!(h.task(t).await.status, TaskStatus::InProgress);
     assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Running);
     (t, node, ws)
+}
+
+/// A chat without a task whose agent is up: its workspace is running, the session active.
+async fn running_chat(h: &Harness) -> (ChatSession, NodeId, WorkspaceId) {
+    let session = h
+        .runner
+        .open_chat_inline(NewChat {
+            project_id: h.project.id,
+            vm_size: None,
+            prompt: Some("What does this repository do?".into()),
+            agent_hint: None,
+        })
+        .await
+        .unwrap();
+    let ws = session.workspace_id.unwrap();
+    let node = h.nodes.created()[0].node_id;
+    h.runner.agent_started(ws, None).await.unwrap();
+    let session = h.store.get_session(session.id).await.unwrap().unwrap();
+    assert_eq!(session.status, SessionStatus::Active);
+    (session, node, ws)
+}
+
+/// The chat's stored session.
+async fn chat_session(h: &Harness, chat: &ChatSession) -> ChatSession {
+    h.store.get_session(chat.id).await.unwrap().unwrap()
+}
+
+/// The system notices stored in the chat, oldest first.
+async fn notices(h: &Harness, chat: &ChatSession) -> Vec<String> {
+    h.store
+        .list_messages(chat.id, MessagePage::Latest { limit: 50 })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.message.role == Role::System)
+        .map(|m| m.message.content)
+        .collect()
 }
 
 /// The time after which a workspace's last change is surely older than any heartbeat.
@@ -172,4 +213,117 @@ async fn a_hello_still_settles_at_once_and_clears_the_heartbeat_misses() {
     assert_eq!(done.failed_tasks, vec![t]);
     let reason = h.task(t).await.error_message.unwrap();
     assert!(reason.contains("started again without it"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_chat_whose_workspace_vanishes_from_heartbeats_is_stopped_and_its_node_released() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let (chat, node, ws) = running_chat(&h).await;
+    h.clock.advance(margin(&h) * 2);
+
+    // One miss, then listed again: the chat runs on.
+    assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
+    assert_eq!(heartbeat(&h, node, &[ws]).await, Reconciled::default());
+    assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
+    assert_eq!(chat_session(&h, &chat).await.status, SessionStatus::Active);
+    assert!(notices(&h, &chat).await.is_empty());
+
+    // Two misses in a row: the workspace is gone, the chat says so and stops, the node it
+    // held goes back to the warm pool.
+    let done = heartbeat(&h, node, &[]).await;
+    assert_eq!(done.stopped_chats, vec![chat.id]);
+    assert!(done.failed_tasks.is_empty() && done.destroyed.is_empty());
+    let stopped = chat_session(&h, &chat).await;
+    assert_eq!(stopped.status, SessionStatus::Stopped);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Destroyed);
+    assert_eq!(h.node_state(node).await, NodeState::Warm);
+    let notices = notices(&h, &chat).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].contains("workspace was lost")
+            && notices[0].contains(&format!("node {node}"))
+            && notices[0].contains("heartbeats"),
+        "{}",
+        notices[0]
+    );
+
+    // Settled once: later heartbeats change nothing and say nothing more.
+    assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
+    assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
+    assert_eq!(self::notices(&h, &chat).await.len(), 1);
+
+    // The user can still close it; there is nothing left to destroy on the node.
+    let closed = h.runner.close_chat(chat.id).await.unwrap();
+    assert_eq!(closed.status, SessionStatus::Closed);
+    assert!(h.nodes.destroyed().is_empty());
+    assert_eq!(h.node_state(node).await, NodeState::Warm);
+}
+
+#[tokio::test]
+async fn a_chat_workspace_missing_within_the_margin_is_left_alone() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let (chat, node, ws) = running_chat(&h).await;
+
+    // Missing from every heartbeat, but its start is too recent for them to prove anything.
+    for _ in 0..(margin(&h).as_secs() / INTERVAL.as_secs()) {
+        assert_eq!(heartbeat(&h, node, &[]).await, Reconciled::default());
+    }
+    assert_eq!(chat_session(&h, &chat).await.status, SessionStatus::Active);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Running);
+    assert_eq!(h.node_state(node).await, NodeState::Active);
+}
+
+#[tokio::test]
+async fn a_hello_without_a_chat_workspace_stops_the_chat_at_once() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    let (chat, node, ws) = running_chat(&h).await;
+
+    // A hello that lists it changes nothing.
+    assert_eq!(
+        h.runner.reconcile_node(node, &[ws]).await.unwrap(),
+        Reconciled::default()
+    );
+    assert_eq!(chat_session(&h, &chat).await.status, SessionStatus::Active);
+
+    let done = h.runner.reconcile_node(node, &[]).await.unwrap();
+    assert_eq!(done.stopped_chats, vec![chat.id]);
+    assert_eq!(chat_session(&h, &chat).await.status, SessionStatus::Stopped);
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Destroyed);
+    assert_eq!(h.node_state(node).await, NodeState::Warm);
+    let notices = notices(&h, &chat).await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].contains("workspace was lost")
+            && notices[0].contains("started again without it"),
+        "{}",
+        notices[0]
+    );
+
+    // A second hello without it: nothing more.
+    assert_eq!(
+        h.runner.reconcile_node(node, &[]).await.unwrap(),
+        Reconciled::default()
+    );
+    assert_eq!(self::notices(&h, &chat).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_closed_chat_whose_workspace_vanished_while_destroying_gets_no_notice() {
+    let h = Harness::new().await;
+    let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
+    // The node takes the destroy command but its `destroyed` report is lost.
+    h.nodes.set_destroy_progress(DestroyProgress::Requested);
+    let (chat, node, ws) = running_chat(&h).await;
+    h.runner.close_chat(chat.id).await.unwrap();
+    assert_eq!(h.workspace_status(ws).await, WorkspaceStatus::Destroying);
+
+    let done = h.runner.reconcile_node(node, &[]).await.unwrap();
+    assert_eq!(done.destroyed, vec![ws]);
+    assert!(done.stopped_chats.is_empty());
+    assert_eq!(chat_session(&h, &chat).await.status, SessionStatus::Closed);
+    assert_eq!(h.node_state(node).await, NodeState::Warm);
+    assert!(notices(&h, &chat).await.is_empty());
 }

@@ -563,6 +563,46 @@ impl TaskRunner {
         Ok(())
     }
 
+    /// A chat's running workspace is gone from its node, which lives on (its hello or its
+    /// heartbeats no longer list it; `why` says which, for the notice): the workspace counts
+    /// as destroyed, so the node goes back to the warm pool once empty, and the chat is
+    /// stopped with a notice, as for a lost node. Nothing can carry the conversation over to
+    /// a new workspace, so the user reads it and closes the chat. Returns the session
+    /// stopped, if any (a chat closed meanwhile gets no notice).
+    pub(super) async fn chat_workspace_lost(
+        &self,
+        workspace: &Workspace,
+        why: &str,
+    ) -> Result<Option<SessionId>, Error> {
+        tracing::warn!(node = %workspace.node_id, workspace = %workspace.id, session = ?workspace.session_id, why, "chat workspace missing on its node; stopping the chat");
+        self.workspace_destroyed(workspace.id).await?;
+        let Some(id) = workspace.session_id else {
+            return Ok(None);
+        };
+        let stopped = self
+            .stop_chat_with_notice(
+                id,
+                format!(
+                    "The chat's workspace was lost: {why}. Its agent and files are gone; close this chat and open a new one to go on."
+                ),
+            )
+            .await?;
+        Ok(stopped.then_some(id))
+    }
+
+    /// Stops a chat with a notice saying why, unless the user closed it already. `true`
+    /// when it was stopped.
+    async fn stop_chat_with_notice(&self, id: SessionId, notice: String) -> Result<bool, Error> {
+        let session = self.session(id).await?;
+        if session.status == SessionStatus::Closed {
+            return Ok(false);
+        }
+        self.chat_notice(&session, notice).await;
+        self.patch_chat(&session, status_patch(SessionStatus::Stopped))
+            .await;
+        Ok(true)
+    }
+
     /// The chats on a lost node end with it: their workspaces are gone with the node and
     /// their sessions are stopped with a notice.
     pub(super) async fn chats_lost_with(&self, node: NodeId, reason: &str) -> Result<(), Error> {
@@ -578,13 +618,8 @@ impl TaskRunner {
             self.set_workspace(ws.id, WorkspaceStatus::Destroyed, None)
                 .await?;
             let Some(id) = ws.session_id else { continue };
-            let session = self.session(id).await?;
-            if session.status != SessionStatus::Closed {
-                self.chat_notice(&session, format!("The chat ended: {reason}"))
-                    .await;
-                self.patch_chat(&session, status_patch(SessionStatus::Stopped))
-                    .await;
-            }
+            self.stop_chat_with_notice(id, format!("The chat ended: {reason}"))
+                .await?;
         }
         Ok(())
     }

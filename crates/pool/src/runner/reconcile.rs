@@ -5,8 +5,8 @@
 //! workspace (its disk was replaced, the host restarted while the checkout was still being
 //! made, the workspace's actor died or its directory was removed) or the report of a removal
 //! was lost. [`TaskRunner::reconcile_node`] (hello) and [`TaskRunner::reconcile_heartbeat`]
-//! settle both, so no task waits forever on a workspace that is gone and no node stays
-//! claimed by one.
+//! settle both, so no task waits forever on a workspace that is gone, no chat stays attached
+//! to one as if it ran, and no node stays claimed by one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -15,7 +15,8 @@ use std::time::Duration;
 use kiln_core::clock::add_duration;
 use kiln_core::task::TaskEvent;
 use kiln_core::{
-    NodeId, TaskStatus, Timestamp, Workspace, WorkspaceId, WorkspaceQuery, WorkspaceStatus,
+    NodeId, SessionId, TaskStatus, Timestamp, Workspace, WorkspaceId, WorkspaceQuery,
+    WorkspaceStatus,
 };
 
 use super::TaskRunner;
@@ -28,6 +29,9 @@ pub struct Reconciled {
     pub failed_tasks: Vec<kiln_core::TaskId>,
     /// Workspaces being destroyed that the node no longer has: now destroyed.
     pub destroyed: Vec<WorkspaceId>,
+    /// Chats without a task whose running workspace is no longer on the node: stopped with
+    /// a notice, the workspace destroyed and the node released once empty.
+    pub stopped_chats: Vec<SessionId>,
 }
 
 /// The stored state of a workspace a heartbeat left out: its status and when it last
@@ -62,9 +66,8 @@ impl HeartbeatMisses {
         let mut confirmed = Vec::new();
         for workspace in missing {
             let version = (workspace.status, workspace.updated_at);
-            // Kept while missing, even once confirmed: a workspace left as it is (a chat
-            // without a task, a task that ended) is then not announced again every other
-            // heartbeat.
+            // Kept while missing, even once confirmed: a workspace left as it is (one of a
+            // task that ended) is then not announced again every other heartbeat.
             again.insert(workspace.id, version);
             if before.get(&workspace.id) != Some(&version) {
                 // Routine for a workspace being destroyed (the node drops it before its
@@ -96,9 +99,11 @@ impl HeartbeatMisses {
 impl TaskRunner {
     /// Settles the workspaces the store places on `node` against the ones the node reports
     /// (`reported`, from its hello): a task whose workspace was running there and is gone
-    /// fails with a reason; a workspace being destroyed that is gone counts as destroyed
-    /// (its node is released once empty). Workspaces still being created are left alone:
-    /// their command may not have reached the node yet.
+    /// fails with a reason; a chat without a task whose workspace was running there and is
+    /// gone is stopped with a notice saying so, and the workspace counts as destroyed; a
+    /// workspace being destroyed that is gone counts as destroyed. A node left empty is
+    /// released. Workspaces still being created are left alone: their command may not have
+    /// reached the node yet.
     ///
     /// A hello is built by an agent host that has just loaded every workspace it has from
     /// its disk, so one is enough: what it leaves out is gone.
@@ -137,8 +142,9 @@ impl TaskRunner {
     ///   old request still reaches the server after the new one. A request in flight longer
     ///   than the time after which a silent node counts as lost is not believed to exist.
     ///
-    /// A stuck task is therefore failed about a heartbeat timeout after its last change,
-    /// never because of a race. Workspaces still being created are never touched.
+    /// A stuck task is therefore failed (or a chat stopped) about a heartbeat timeout after
+    /// its last change, never because of a race. Workspaces still being created are never
+    /// touched.
     pub async fn reconcile_heartbeat(
         &self,
         node: NodeId,
@@ -186,7 +192,8 @@ impl TaskRunner {
     }
 
     /// Settles one workspace its node no longer has: destroyed if it was being destroyed;
-    /// its task failed (saying `why`) if the task still runs there.
+    /// its task failed (saying `why`) if the task still runs there; its chat (one without a
+    /// task) stopped with a notice saying `why`, and the workspace destroyed.
     async fn settle_missing(
         &self,
         workspace: Workspace,
@@ -202,6 +209,10 @@ impl TaskRunner {
             }
             WorkspaceStatus::Running => {
                 let Some(task_id) = workspace.task_id else {
+                    let lost = format!("the node {node} no longer has it ({why})");
+                    if let Some(session) = self.chat_workspace_lost(&workspace, &lost).await? {
+                        done.stopped_chats.push(session);
+                    }
                     return Ok(());
                 };
                 let Some(task) = self.store().get_task(task_id).await? else {
