@@ -1046,3 +1046,245 @@ async fn a_workspace_destroyed_during_an_outage_still_delivers_every_message_aft
     run.stop.send_replace(true);
     let _ = run.node.await;
 }
+
+/// The workspace record a node keeps on disk, as JSON (`Null` while it is unreadable).
+fn record_of(data: &Path, workspace: WorkspaceId) -> serde_json::Value {
+    std::fs::read(data.join(format!("workspaces/{workspace}/workspace.json")))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Waits until the node's record of `workspace` satisfies `check`.
+async fn wait_for_record(
+    run: &Running,
+    workspace: WorkspaceId,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) {
+    let data = run.data.path().to_path_buf();
+    run.fake
+        .wait_for(30, what, |_| {
+            check(&record_of(&data, workspace)).then_some(())
+        })
+        .await;
+}
+
+fn chat_create(chat: WorkspaceId, session: SessionId, first: MessageId, text: &str) -> NodeCommand {
+    NodeCommand::CreateWorkspace {
+        workspace_id: chat,
+        project_id: Some(ProjectId::new()),
+        session_id: Some(session),
+        task_id: None,
+        repository_url: String::new(),
+        branch: None,
+        prompt: Some(Prompt {
+            message_id: first,
+            text: text.into(),
+        }),
+        callback_token: format!("chat-token-{chat}"),
+        agent_hint: None,
+        git_token: None,
+    }
+}
+
+fn chat_prompt(chat: WorkspaceId, message_id: MessageId, text: &str) -> NodeCommand {
+    NodeCommand::Prompt {
+        workspace_id: chat,
+        prompt: Prompt {
+            message_id,
+            text: text.into(),
+        },
+    }
+}
+
+/// A follow-up the node took while the agent's turn ran (queued behind it, never sent to
+/// the agent) runs after the continued turn when the node restarts, once, even when the
+/// control plane sends it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_queued_behind_the_turn_runs_once_after_the_continued_turn() {
+    let (fake, url) = start_fake().await;
+    let node_id = NodeId::new();
+    let run = start_node_with(fake.clone(), &url, |c| {
+        c.node_id = node_id;
+        stalling(c);
+    })
+    .await;
+    let chat = WorkspaceId::new();
+    let session = SessionId::new();
+    let first = MessageId::new();
+    run.fake
+        .push(chat_create(chat, session, first, "First request"));
+    wait_for_plans(&run.fake, 1, "the first turn under way").await;
+    let queued = MessageId::new();
+    run.fake.push(chat_prompt(chat, queued, "Queued request"));
+    let queued_id = serde_json::to_value(queued).unwrap();
+    wait_for_record(&run, chat, "the follow-up taken", |r| {
+        r["takenPrompts"]
+            .as_array()
+            .is_some_and(|ids| ids.contains(&queued_id))
+    })
+    .await;
+    run.stop.send_replace(true);
+    assert_eq!(run.node.await.unwrap().unwrap(), NodeExit::Requested);
+    assert!(
+        !fake.messages().iter().any(|m| m.id == queued),
+        "the follow-up had not reached the agent"
+    );
+
+    let run = start_node_in(fake, &url, run.data, |c| c.node_id = node_id).await;
+    // The control plane, unsure whether the node took it, sends it again; then one more.
+    run.fake.push(chat_prompt(chat, queued, "Queued request"));
+    let last = MessageId::new();
+    run.fake.push(chat_prompt(chat, last, "The last request"));
+    let messages = run
+        .fake
+        .wait_for(30, "the last answer", |i| {
+            i.messages
+                .iter()
+                .any(|m| m.role == Role::Assistant && m.content.contains("The last request"))
+                .then(|| i.messages.clone())
+        })
+        .await;
+    let answers: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(answers.len(), 3, "one turn per request: {answers:#?}");
+    assert!(answers[0].contains("restarted"), "{answers:#?}");
+    assert!(answers[1].contains("Queued request"), "{answers:#?}");
+    assert!(answers[2].contains("The last request"), "{answers:#?}");
+    let users: Vec<(MessageId, &str)> = messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| (m.id, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        users,
+        [
+            (first, "First request"),
+            (queued, "Queued request"),
+            (last, "The last request")
+        ]
+    );
+    // The follow-up's message comes after the continued turn's answer, before its own.
+    let continued_answer = messages
+        .iter()
+        .position(|m| m.role == Role::Assistant && m.content.contains("restarted"))
+        .unwrap();
+    let queued_message = messages.iter().position(|m| m.id == queued).unwrap();
+    let queued_answer = messages
+        .iter()
+        .position(|m| m.role == Role::Assistant && m.content.contains("Queued request"))
+        .unwrap();
+    assert!(
+        continued_answer < queued_message && queued_message < queued_answer,
+        "{messages:#?}"
+    );
+    let seqs: Vec<i64> = messages.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "in order, once"
+    );
+    assert_eq!(run.fake.lock().duplicates, 0);
+    assert!(
+        !run.fake.events().iter().any(|e| is_terminal(e, chat)),
+        "{:?}",
+        run.fake.events()
+    );
+    wait_for_record(&run, chat, "the record forgets the ended turns", |r| {
+        r["turnPrompts"] == serde_json::json!([]) && r["turnActive"] == false
+    })
+    .await;
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+/// kiln-node stops after taking a chat's prompt and a follow-up but before the agent's ACP
+/// session opened (an agent slow to start): the restarted node shows the user's prompt in
+/// the chat once, continues the turn, then runs the follow-up, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prompt_taken_before_the_agent_session_opened_is_in_the_chat_once_after_a_restart() {
+    let (fake, url) = start_fake().await;
+    let node_id = NodeId::new();
+    // An agent that never answers `initialize`: its session never opens.
+    let run = start_node_with(fake.clone(), &url, |c| {
+        c.node_id = node_id;
+        c.agent_command = "sleep 600".into();
+    })
+    .await;
+    let chat = WorkspaceId::new();
+    let session = SessionId::new();
+    let first = MessageId::new();
+    run.fake
+        .push(chat_create(chat, session, first, "First request"));
+    let follow_up = MessageId::new();
+    run.fake
+        .push(chat_prompt(chat, follow_up, "Follow-up request"));
+    wait_for_record(&run, chat, "both prompts taken", |r| {
+        r["turnPrompts"].as_array().is_some_and(|p| p.len() == 2)
+    })
+    .await;
+    run.stop.send_replace(true);
+    let exit = tokio::time::timeout(Duration::from_secs(5), run.node)
+        .await
+        .expect("an agent that is still starting does not hold up the stop");
+    assert_eq!(exit.unwrap().unwrap(), NodeExit::Requested);
+    assert!(
+        !fake
+            .events()
+            .iter()
+            .any(|e| matches!(e, WorkspaceEvent::AgentStarted { .. })),
+        "the session had not opened"
+    );
+
+    let run = start_node_in(fake, &url, run.data, |c| c.node_id = node_id).await;
+    run.fake
+        .push(chat_prompt(chat, follow_up, "Follow-up request"));
+    let messages = run
+        .fake
+        .wait_for(30, "the follow-up's answer", |i| {
+            i.messages
+                .iter()
+                .any(|m| m.role == Role::Assistant && m.content.contains("Follow-up request"))
+                .then(|| i.messages.clone())
+        })
+        .await;
+    let users: Vec<(MessageId, &str)> = messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| (m.id, m.content.as_str()))
+        .collect();
+    assert_eq!(
+        users,
+        [(first, "First request"), (follow_up, "Follow-up request")],
+        "{messages:#?}"
+    );
+    assert_eq!(messages[0].id, first, "the user's prompt opens the chat");
+    assert!(
+        messages[1].content.starts_with("kiln-node restarted"),
+        "{messages:#?}"
+    );
+    let answers: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(answers.len(), 2, "{answers:#?}");
+    assert!(answers[0].contains("restarted"), "{answers:#?}");
+    let seqs: Vec<i64> = messages.iter().map(|m| m.seq.unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as i64).collect::<Vec<_>>(),
+        "in order, once"
+    );
+    assert_eq!(run.fake.lock().duplicates, 0);
+    wait_for_record(&run, chat, "the record forgets the ended turns", |r| {
+        r["turnPrompts"] == serde_json::json!([]) && r["turnActive"] == false
+    })
+    .await;
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}

@@ -13,11 +13,12 @@ use agent_client_protocol::v1::schema::{
     CreateTerminalResponse, FileSystemCapabilities, Implementation, InitializeRequest,
     KillTerminalRequest, KillTerminalResponse, NewSessionRequest, PromptRequest, PromptResponse,
     ReadTextFileRequest, ReadTextFileResponse, ReleaseTerminalRequest, ReleaseTerminalResponse,
-    RequestPermissionRequest, StopReason, TerminalOutputRequest, TerminalOutputResponse,
-    TextContent, WaitForTerminalExitRequest, WaitForTerminalExitResponse, WriteTextFileRequest,
-    WriteTextFileResponse,
+    RequestPermissionRequest, SessionId as AcpSessionId, StopReason, TerminalOutputRequest,
+    TerminalOutputResponse, TextContent, WaitForTerminalExitRequest, WaitForTerminalExitResponse,
+    WriteTextFileRequest, WriteTextFileResponse,
 };
 use agent_client_protocol::{Agent, Client, UntypedMessage};
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use kiln_core::{MessageId, SessionId};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -391,13 +392,12 @@ impl Session {
             .await
     }
 
-    /// The session's foreground: initialize, open the session, then run prompts one turn
-    /// at a time while listening for cancel and stop.
-    async fn drive(
-        self,
-        cx: ConnectionTo<Agent>,
-        mut commands: mpsc::UnboundedReceiver<HostCommand>,
-    ) -> std::result::Result<Ending, agent_client_protocol::Error> {
+    /// Initializes the agent and opens its session; `None` when the agent closed its output
+    /// before answering `initialize`.
+    async fn open_session(
+        &self,
+        cx: &ConnectionTo<Agent>,
+    ) -> std::result::Result<Option<AcpSessionId>, agent_client_protocol::Error> {
         let capabilities = ClientCapabilities::new()
             .fs(FileSystemCapabilities::new()
                 .read_text_file(true)
@@ -408,7 +408,7 @@ impl Session {
             .client_info(Implementation::new("kiln-node", env!("CARGO_PKG_VERSION")));
         let initialized = tokio::select! {
             r = cx.send_request(init).block_task() => r?,
-            _ = cx.incoming_closed() => return Ok(Ending::Crashed("closed before initialize".into())),
+            _ = cx.incoming_closed() => return Ok(None),
         };
         tracing::debug!(agent = ?initialized.agent_info, "agent initialized");
         let mut new_session = NewSessionRequest::new(self.root.path().to_path_buf());
@@ -421,11 +421,41 @@ impl Session {
             new_session = new_session.meta(meta);
         }
         let session = cx.send_request(new_session).block_task().await?;
-        let acp_session = session.session_id;
+        Ok(Some(session.session_id))
+    }
+
+    /// The session's foreground: initialize, open the session, then run prompts one turn
+    /// at a time while listening for cancel and stop. Prompts and cancels sent while the
+    /// agent starts wait for its session; a stop does not (an agent slow to start is
+    /// stopped at once, with its process group).
+    async fn drive(
+        self,
+        cx: ConnectionTo<Agent>,
+        mut commands: mpsc::UnboundedReceiver<HostCommand>,
+    ) -> std::result::Result<Ending, agent_client_protocol::Error> {
+        let mut early = VecDeque::new();
+        let opened = {
+            let opening = self.open_session(&cx);
+            tokio::pin!(opening);
+            loop {
+                tokio::select! {
+                    opened = &mut opening => break opened?,
+                    command = commands.recv() => match command {
+                        Some(HostCommand::Stop) | None => return Ok(Ending::Stopped),
+                        Some(command) => early.push_back(command),
+                    },
+                }
+            }
+        };
+        let Some(acp_session) = opened else {
+            return Ok(Ending::Crashed("closed before initialize".into()));
+        };
         tracing::info!(acp_session = %acp_session.0, chat_session = ?self.launch.chat_session_id, "agent session opened");
         let _ = self.reports.send(AgentReport::Started {
             acp_session_id: acp_session.0.to_string(),
         });
+        let mut commands = futures::stream::iter(early)
+            .chain(futures::stream::poll_fn(move |cx| commands.poll_recv(cx)));
 
         let mut queue: VecDeque<(MessageId, String)> = VecDeque::new();
         let mut inflight: Option<
@@ -444,7 +474,7 @@ impl Session {
                 inflight = Some(Box::pin(cx.send_request(request).block_task()));
             }
             tokio::select! {
-                command = commands.recv() => match command {
+                command = commands.next() => match command {
                     Some(HostCommand::Prompt { id, text }) => queue.push_back((id, text)),
                     Some(HostCommand::Cancel) => {
                         queue.clear();

@@ -12,7 +12,7 @@ use kiln_core::{ChatMessage, MessageId, Role};
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{RecordStatus, TurnPrompt, WorkspaceRecord};
-use super::resume::{SkippingRecorder, continuation_prompt, restart_failure, restart_notice};
+use super::resume::{TurnRecorder, continuation_prompt, restart_failure, restart_notice};
 use super::{NodeShared, git};
 use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind, TurnSummary};
 use crate::credentials::{GitCredential, http_origin};
@@ -49,6 +49,9 @@ pub(crate) struct WorkspaceActor {
     pub host: Option<AgentHost>,
     pub reports_tx: mpsc::UnboundedSender<AgentReport>,
     pub reports: mpsc::UnboundedReceiver<AgentReport>,
+    /// The ids of the user messages the agent's session recorded (its prompts as sent).
+    pub recorded_tx: mpsc::UnboundedSender<MessageId>,
+    pub recorded: mpsc::UnboundedReceiver<MessageId>,
     /// A terminal event was already sent for the current turn (so a crash after it is
     /// not reported twice).
     pub turn_reported: bool,
@@ -202,16 +205,14 @@ impl WorkspaceActor {
     /// Starts the agent process; the user message of the prompt `unrecorded` (a turn's
     /// continuation after a restart) is kept out of the chat.
     fn start_agent(&mut self, unrecorded: Option<MessageId>) -> Result<()> {
-        let mut recorder: Arc<dyn MessageRecorder> = self
-            .recorder
-            .clone()
-            .unwrap_or_else(|| Arc::new(crate::recorder::MemoryRecorder::new()));
-        if let Some(skipped) = unrecorded {
-            recorder = Arc::new(SkippingRecorder {
-                inner: recorder,
-                skipped,
-            });
-        }
+        let recorder: Arc<dyn MessageRecorder> = Arc::new(TurnRecorder {
+            inner: self
+                .recorder
+                .clone()
+                .unwrap_or_else(|| Arc::new(crate::recorder::MemoryRecorder::new())),
+            skipped: unrecorded,
+            recorded: self.recorded_tx.clone(),
+        });
         let capture = SessionCapture::new(
             self.id(),
             self.record.project_id.and(self.record.session_id),
@@ -323,6 +324,7 @@ impl WorkspaceActor {
     async fn continue_interrupted_turn(&mut self) -> Vec<WorkspaceCommand> {
         let limit = self.shared.config.resume_interrupted_turns;
         let restarts = self.record.turn_resumes + 1;
+        self.record_unsent_prompt().await;
         if self.record.cancel_requested {
             let event = WorkspaceEvent::Cancelled {
                 workspace_id: self.id(),
@@ -375,6 +377,49 @@ impl WorkspaceActor {
         early
     }
 
+    /// Records the user message of the interrupted turn's prompt when the agent never got it
+    /// (the node stopped before the agent's session opened): the agent host records a
+    /// prompt's message only when it sends it, and the continuation is not the user's.
+    async fn record_unsent_prompt(&mut self) {
+        let Some(prompt) = self.record.turn_prompts.first().filter(|p| !p.recorded) else {
+            return;
+        };
+        let (Some(recorder), Some(session_id)) = (
+            &self.recorder,
+            self.record.project_id.and(self.record.session_id),
+        ) else {
+            return;
+        };
+        let message = ChatMessage {
+            id: prompt.message_id,
+            session_id,
+            role: Role::User,
+            content: self.redactor.redact(&prompt.text),
+            tool: None,
+            seq: None,
+            created_at: self.shared.clock.now(),
+        };
+        match recorder.record(message).await {
+            Ok(()) => self.prompt_recorded(prompt.message_id),
+            Err(e) => {
+                tracing::error!(error = %e, workspace = %self.id(), "the prompt's user message could not be recorded");
+            }
+        }
+    }
+
+    /// Notes that the user message of prompt `id` is in the chat.
+    fn prompt_recorded(&mut self, id: MessageId) {
+        if let Some(prompt) = self
+            .record
+            .turn_prompts
+            .iter_mut()
+            .find(|p| p.message_id == id && !p.recorded)
+        {
+            prompt.recorded = true;
+            self.save();
+        }
+    }
+
     /// The commands already waiting, taken off the queue.
     fn arrived_commands(&mut self) -> Vec<WorkspaceCommand> {
         let mut arrived = Vec::new();
@@ -407,17 +452,13 @@ impl WorkspaceActor {
         }
     }
 
+    /// Takes a prompt: kept in the record with its id and text (saved with the id taken,
+    /// before anything else can wait), then queued at the agent host, which starts first if
+    /// need be.
     async fn send_prompt(&mut self, prompt: Prompt) {
         if !self.record.take_prompt(prompt.message_id) {
             tracing::debug!(workspace = %self.id(), message = %prompt.message_id, "prompt taken already; dropped");
             return;
-        }
-        if self.host.is_none() {
-            self.token_before_agent_starts().await;
-            if let Err(e) = self.start_agent(None) {
-                self.fail(format!("the agent could not start: {e}"));
-                return;
-            }
         }
         if self.record.topic.is_none() {
             self.record.topic = Some(kiln_core::model::topic_from_message(&prompt.text));
@@ -427,8 +468,16 @@ impl WorkspaceActor {
         self.record.turn_prompts.push(TurnPrompt {
             message_id: prompt.message_id,
             text: prompt.text.clone(),
+            recorded: false,
         });
         self.set_status(RecordStatus::Running);
+        if self.host.is_none() {
+            self.token_before_agent_starts().await;
+            if let Err(e) = self.start_agent(None) {
+                self.fail(format!("the agent could not start: {e}"));
+                return;
+            }
+        }
         if let Some(host) = &self.host {
             host.prompt(prompt.message_id, prompt.text);
         }
@@ -447,6 +496,7 @@ impl WorkspaceActor {
                     }
                 }
                 Some(report) = self.reports.recv() => self.on_report(report).await,
+                Some(id) = self.recorded.recv() => self.prompt_recorded(id),
             }
         }
     }
@@ -479,6 +529,11 @@ impl WorkspaceActor {
             }
             WorkspaceCommand::Shutdown(done) => {
                 self.stop_agent().await;
+                // What the stopped session recorded is noted before the node goes, so a
+                // restart does not record it again.
+                while let Ok(id) = self.recorded.try_recv() {
+                    self.prompt_recorded(id);
+                }
                 let _ = done.send(());
                 return false;
             }

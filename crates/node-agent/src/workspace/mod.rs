@@ -14,7 +14,11 @@
 //! is continued: the restarted node says so in the chat, starts the agent again in the
 //! same checkout (a new ACP session; the files keep the work so far) and sends it the
 //! interrupted request with a word about the restart, up to
-//! [`NodeConfig::resume_interrupted_turns`] times per turn, then fails it as before.
+//! [`NodeConfig::resume_interrupted_turns`] times per turn, then fails it as before. The
+//! prompts taken but not yet sent to the agent (queued behind the turn) are kept in the
+//! record from the moment they are taken and run after the continued turn, in order, once;
+//! the user message of an interrupted prompt the agent never got (the node stopped before
+//! the agent's session opened) is recorded by the restarted node.
 
 mod actor;
 pub mod git;
@@ -131,6 +135,7 @@ impl Workspaces {
         let started_reported = record.status != RecordStatus::Creating;
         let (tx, rx) = mpsc::unbounded_channel();
         let (reports_tx, reports) = mpsc::unbounded_channel();
+        let (recorded_tx, recorded) = mpsc::unbounded_channel();
         let agent_running = Arc::new(AtomicBool::new(false));
         let actor = WorkspaceActor {
             shared: self.shared.clone(),
@@ -144,6 +149,8 @@ impl Workspaces {
             host: None,
             reports_tx,
             reports,
+            recorded_tx,
+            recorded,
             turn_reported: false,
             started_reported,
         };

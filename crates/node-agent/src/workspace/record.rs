@@ -63,9 +63,10 @@ pub struct WorkspaceRecord {
     /// times, then reports the turn failed: the agent process died with the host).
     #[serde(default)]
     pub turn_active: bool,
-    /// The prompts sent to the agent whose turns have not ended, oldest first: the first is
-    /// the turn under way, the others wait in the agent host's queue. What a restarted node
-    /// needs to continue the turn.
+    /// The prompts taken whose turns have not ended, oldest first: the first is the turn
+    /// under way, the others wait in the agent host's queue (not sent to the agent yet).
+    /// Kept from the moment a prompt is taken, so a restarted node continues the turn and
+    /// then runs the waiting prompts, in order.
     #[serde(default)]
     pub turn_prompts: Vec<TurnPrompt>,
     /// How many times the turn under way was continued after a restart of the node.
@@ -97,6 +98,13 @@ pub struct TurnPrompt {
     pub message_id: MessageId,
     /// Its text, as the control plane sent it.
     pub text: String,
+    /// Its user message is in the chat (the agent host records it when it sends the prompt
+    /// to the agent; a restarted node records it itself when the agent never got the
+    /// prompt). `false` in a record written before this field existed: a restarted node
+    /// then records it again under the same id, which the outbox and the control plane
+    /// store once.
+    #[serde(default)]
+    pub recorded: bool,
 }
 
 impl WorkspaceRecord {
@@ -188,6 +196,7 @@ mod tests {
             turn_prompts: vec![TurnPrompt {
                 message_id: MessageId::new(),
                 text: "Fix the build".into(),
+                recorded: true,
             }],
             turn_resumes: 1,
             cancel_requested: false,
@@ -202,7 +211,18 @@ mod tests {
         assert_eq!(WorkspaceRecord::load(dir.path()).unwrap(), record);
 
         assert_eq!(json["turnPrompts"][0]["text"], "Fix the build");
+        assert_eq!(json["turnPrompts"][0]["recorded"], true);
         assert_eq!(json["turnResumes"], 1);
+        let mut older = json.clone();
+        older["turnPrompts"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("recorded");
+        let older: WorkspaceRecord = serde_json::from_value(older).unwrap();
+        assert!(
+            !older.turn_prompts[0].recorded,
+            "recorded again: stored once"
+        );
 
         // Written by a kiln-node from before these fields: it loads, and does not say.
         for field in [

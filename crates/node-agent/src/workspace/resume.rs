@@ -1,10 +1,12 @@
 //! Continuing a turn the node's restart interrupted: what the chat is told, what the agent
-//! is asked, and the recorder that keeps the node's request to the agent out of the chat.
+//! is asked, and the recorder that keeps the node's request to the agent out of the chat
+//! and tells the workspace which prompts' user messages are in it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use kiln_core::{ChatMessage, MessageId};
+use kiln_core::{ChatMessage, MessageId, Role};
+use tokio::sync::mpsc;
 
 use crate::error::Result;
 use crate::recorder::MessageRecorder;
@@ -41,21 +43,29 @@ pub(super) fn continuation_prompt(request: &str) -> String {
     )
 }
 
-/// Records everything but one message: the continuation prompt is the node's word to the
-/// agent, not the user's (the chat already has the user's prompt, and the restart notice).
+/// The recorder of an agent's session: it keeps the continuation prompt out of the chat (the
+/// node's word to the agent, not the user's: the chat has the user's prompt and the restart
+/// notice) and says which user messages it recorded, so the workspace record knows which
+/// prompts a restarted node still has to show.
 #[derive(Debug)]
-pub(super) struct SkippingRecorder {
+pub(super) struct TurnRecorder {
     pub inner: Arc<dyn MessageRecorder>,
-    pub skipped: MessageId,
+    pub skipped: Option<MessageId>,
+    pub recorded: mpsc::UnboundedSender<MessageId>,
 }
 
 #[async_trait]
-impl MessageRecorder for SkippingRecorder {
+impl MessageRecorder for TurnRecorder {
     async fn record(&self, message: ChatMessage) -> Result<()> {
-        if message.id == self.skipped {
+        if Some(message.id) == self.skipped {
             return Ok(());
         }
-        self.inner.record(message).await
+        let user_message = (message.role == Role::User).then_some(message.id);
+        self.inner.record(message).await?;
+        if let Some(id) = user_message {
+            let _ = self.recorded.send(id);
+        }
+        Ok(())
     }
 }
 
@@ -63,7 +73,7 @@ impl MessageRecorder for SkippingRecorder {
 mod tests {
     use super::*;
     use crate::recorder::MemoryRecorder;
-    use kiln_core::{Role, SessionId, Timestamp};
+    use kiln_core::{SessionId, Timestamp};
 
     #[test]
     fn the_agent_is_told_about_the_restart_and_given_the_request() {
@@ -83,27 +93,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_the_continuation_prompt_is_kept_out_of_the_chat() {
+    async fn only_the_continuation_prompt_is_kept_out_of_the_chat_and_user_messages_are_told() {
         let memory = Arc::new(MemoryRecorder::new());
         let skipped = MessageId::new();
-        let recorder = SkippingRecorder {
+        let (recorded, mut told) = mpsc::unbounded_channel();
+        let recorder = TurnRecorder {
             inner: memory.clone(),
-            skipped,
+            skipped: Some(skipped),
+            recorded,
         };
         let session_id = SessionId::new();
-        let message = |id| ChatMessage {
+        let message = |id, role| ChatMessage {
             id,
             session_id,
-            role: Role::User,
+            role,
             content: "x".into(),
             tool: None,
             seq: None,
             created_at: Timestamp::UNIX_EPOCH,
         };
         let kept = MessageId::new();
-        recorder.record(message(skipped)).await.unwrap();
-        recorder.record(message(kept)).await.unwrap();
+        let answer = MessageId::new();
+        recorder.record(message(skipped, Role::User)).await.unwrap();
+        recorder.record(message(kept, Role::User)).await.unwrap();
+        recorder
+            .record(message(answer, Role::Assistant))
+            .await
+            .unwrap();
         let ids: Vec<MessageId> = memory.messages().iter().map(|m| m.id).collect();
-        assert_eq!(ids, vec![kept]);
+        assert_eq!(ids, vec![kept, answer]);
+        assert_eq!(told.try_recv().ok(), Some(kept));
+        assert!(
+            told.try_recv().is_err(),
+            "only recorded user messages are told"
+        );
     }
 }
