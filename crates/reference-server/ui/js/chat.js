@@ -212,7 +212,14 @@ export class ChatView {
     if (!task && session.status !== 'closed') {
       actions.push(act('Close chat', async () => this.state.upsertSession(await api.closeChat(session.id))));
     }
-    if (ws?.status === 'running' || (!task && session.status === 'active')) {
+    const canOpenWorkspace = ws?.status === 'running' || (!task && session.status === 'active');
+    if (this.workspaceOpen && !canOpenWorkspace) {
+      // The agent is gone (the task ended, the chat was closed or stopped): a follow-up box
+      // left open would only answer 409, so the panel closes with its button.
+      this.workspaceOpen = false;
+      this.renderDrawer();
+    }
+    if (canOpenWorkspace) {
       actions.push(h('button', {
         type: 'button', class: `btn small${this.workspaceOpen ? ' pressed' : ''}`, dataset: { action: 'open-workspace' },
         'aria-pressed': String(this.workspaceOpen),
