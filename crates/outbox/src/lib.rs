@@ -78,6 +78,12 @@
 //! about as much as a `synchronous=NORMAL` commit, so this doubled the rate of eight
 //! blocking producers on a 2-core VM (52k to 105k msg/s, at a third of the CPU per
 //! message). `cargo bench -p kiln-outbox` prints the figures against raw SQLite.
+//! Consecutive enqueue calls of a group share multi-row `INSERT … VALUES (…), (…)`
+//! statements (up to 32 rows each): SQLite's per-statement work, the `AUTOINCREMENT`
+//! bookkeeping among it, is paid once per statement instead of once per row. A statement
+//! that meets an id already pending (it changes fewer rows than it carries) or fails rolls
+//! the group back, and the group runs again one row per statement, which answers the
+//! pending id with its stored seq and gives the other rows contiguous seqs.
 //! A group runs without savepoints; if one call fails, the group is rolled back and run
 //! again with one savepoint per call, so one failing call does not fail its neighbours.
 //! A failed **commit** fails every waiter of the group, and no waiter is ever told `Ok`

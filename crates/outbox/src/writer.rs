@@ -41,6 +41,24 @@ pub(crate) fn insert_pending(
     ])
 }
 
+/// Rows one multi-row `INSERT` carries at most (a group's run of enqueues is split into
+/// statements of this many).
+const MULTI_ROWS: usize = 32;
+
+/// The columns [`insert_pending`] and a multi-row insert bind, per row.
+const INSERT_COLUMNS: usize = 9;
+
+/// `INSERT … VALUES (…), (…) … ON CONFLICT (id) DO NOTHING` for `rows` rows (the same
+/// columns as [`insert_pending`]).
+fn multi_insert_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO message_outbox \
+         (id, workspace, project, session_id, seq, role, content, tool, created_at) \
+         VALUES {values} ON CONFLICT (id) DO NOTHING"
+    )
+}
+
 /// A row to insert, already encoded by the producer (off the writer thread).
 #[derive(Debug, Clone)]
 pub(crate) struct NewRow {
@@ -287,6 +305,8 @@ pub(crate) struct Writer {
     external: Arc<AtomicU64>,
     /// The generation of `external` the caches reflect.
     seen_external: u64,
+    /// `multi_insert_sql(n)` at index `n - 2`, built on first use.
+    multi_sql: Vec<String>,
 }
 
 /// What one command produced, answered once its group has committed.
@@ -301,6 +321,20 @@ enum GroupError {
     Command(OutboxError),
     /// `BEGIN` or `COMMIT` failed: every waiter of the group is told.
     Commit(OutboxError),
+    /// A multi-row insert met a pending id or an error: everything was rolled back, and the
+    /// group runs again one row per statement, which answers it precisely.
+    Unbatch,
+}
+
+/// How a group applies its commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Consecutive enqueues share multi-row `INSERT`s (the common case).
+    Batched,
+    /// One statement per row, no savepoints.
+    PerRow,
+    /// One statement per row, one savepoint per call (after a call failed).
+    Isolated,
 }
 
 /// What the writer shares with the rest of the outbox.
@@ -331,6 +365,8 @@ impl Writer {
         } = links;
         let pending: i64 =
             conn.query_row("SELECT COUNT(*) FROM message_outbox", [], |r| r.get(0))?;
+        // Every multi-row size stays prepared beside the writer's other statements.
+        conn.set_prepared_statement_cache_capacity(MULTI_ROWS + 32);
         counters
             .pending
             .store(u64::try_from(pending).unwrap_or(0), Ordering::Relaxed);
@@ -348,6 +384,7 @@ impl Writer {
             in_flight,
             external,
             seen_external: 0,
+            multi_sql: Vec::new(),
         })
     }
 
@@ -409,16 +446,22 @@ impl Writer {
             arrived
         };
         let mut group = group;
-        let results = match self.run_group(&mut group, false, &mut more) {
+        let mut first = self.run_group(&mut group, Mode::Batched, &mut more);
+        if matches!(first, Err(GroupError::Unbatch)) {
+            first = self.run_group(&mut group, Mode::PerRow, &mut |_| Vec::new());
+        }
+        let results = match first {
             Ok(results) => Ok(results),
             Err(GroupError::Command(e)) if group.len() == 1 => Ok(vec![Err(e)]),
             Err(GroupError::Command(_)) => {
-                match self.run_group(&mut group, true, &mut |_| Vec::new()) {
+                match self.run_group(&mut group, Mode::Isolated, &mut |_| Vec::new()) {
                     Ok(results) => Ok(results),
                     Err(GroupError::Command(e) | GroupError::Commit(e)) => Err(e),
+                    Err(GroupError::Unbatch) => Err(unbatch_error()),
                 }
             }
             Err(GroupError::Commit(e)) => Err(e),
+            Err(GroupError::Unbatch) => Err(unbatch_error()),
         };
         self.last_commit = started.elapsed().saturating_sub(waited);
         let served = group.len();
@@ -448,9 +491,10 @@ impl Writer {
     fn run_group(
         &mut self,
         group: &mut Vec<Command>,
-        isolate: bool,
+        mode: Mode,
         more: &mut dyn FnMut(usize) -> Vec<Command>,
     ) -> Result<Vec<Result<Output, OutboxError>>, GroupError> {
+        let isolate = mode == Mode::Isolated;
         self.exec("BEGIN IMMEDIATE").map_err(GroupError::Commit)?;
         if let Err(e) = self.absorb_external() {
             let _ = self.exec("ROLLBACK");
@@ -466,6 +510,23 @@ impl Writer {
                     break;
                 }
                 group.extend(arrived);
+            }
+            if mode == Mode::Batched {
+                let run = enqueue_run(&group[next..]);
+                if run.rows > 1 {
+                    match self.insert_run(&group[next..next + run.calls], &mut total) {
+                        Ok(receipts) => {
+                            results.extend(receipts.into_iter().map(|r| Ok(Output::Receipts(r))));
+                            next += run.calls;
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, "multi-row insert refused; the group runs one row per statement");
+                            let _ = self.exec("ROLLBACK");
+                            return Err(GroupError::Unbatch);
+                        }
+                    }
+                }
             }
             let cmd = &group[next];
             next += 1;
@@ -681,17 +742,7 @@ impl Writer {
             }
             delta.enqueued += 1;
             delta.pending += 1;
-            if self.limits.overflow == Overflow::Reject {
-                let committed =
-                    i64::try_from(self.counters.pending.load(Ordering::Relaxed)).unwrap_or(0);
-                let max = i64::try_from(self.limits.max_size).unwrap_or(i64::MAX);
-                if committed + total.pending + delta.pending > max {
-                    // The whole call is rolled back (all or none).
-                    return Err(OutboxError::Full {
-                        max: usize::try_from(max).unwrap_or(usize::MAX),
-                    });
-                }
-            }
+            self.check_room(total, delta)?;
             receipts.push(Receipt {
                 id: row.id,
                 seq,
@@ -699,6 +750,88 @@ impl Writer {
             });
         }
         Ok(receipts)
+    }
+
+    /// Inserts the rows of consecutive enqueue calls with multi-row statements and returns
+    /// each call's receipts. Seqs are allocated and the bound checked call by call, as
+    /// [`Self::insert`] does; a pending id (a statement changed fewer rows than it carried)
+    /// or any failure is an error, after which the caller rolls the group back and runs it
+    /// one row per statement.
+    fn insert_run(
+        &mut self,
+        calls: &[Command],
+        total: &mut Delta,
+    ) -> Result<Vec<Vec<Receipt>>, OutboxError> {
+        let mut answers = Vec::with_capacity(calls.len());
+        let mut planned = Vec::new();
+        // Any failure rolls the whole group back, so the run writes straight into `total`
+        // (no per-call delta to merge).
+        let none = Delta::default();
+        for cmd in calls {
+            let Command::Enqueue { route, rows, .. } = cmd else {
+                return Err(OutboxError::Storage("a settle in an enqueue run".into()));
+            };
+            let mut receipts = Vec::with_capacity(rows.len());
+            for row in rows {
+                let seq = self.alloc_seq(&row.session, &route.workspace, &none, total)?;
+                total.enqueued += 1;
+                total.pending += 1;
+                self.check_room(&none, total)?;
+                planned.push((route, row, seq));
+                receipts.push(Receipt {
+                    id: row.id,
+                    seq,
+                    duplicate: false,
+                });
+            }
+            answers.push(receipts);
+        }
+        for chunk in planned.chunks(MULTI_ROWS) {
+            let n = chunk.len();
+            if let [(route, row, seq)] = chunk {
+                if insert_pending(&self.conn, route, row, *seq)? != 1 {
+                    return Err(OutboxError::Storage("an id is already pending".into()));
+                }
+                continue;
+            }
+            while self.multi_sql.len() < n - 1 {
+                self.multi_sql
+                    .push(multi_insert_sql(self.multi_sql.len() + 2));
+            }
+            let mut stmt = self.conn.prepare_cached(&self.multi_sql[n - 2])?;
+            for (i, (route, row, seq)) in chunk.iter().enumerate() {
+                let at = i * INSERT_COLUMNS;
+                stmt.raw_bind_parameter(at + 1, &row.id_text)?;
+                stmt.raw_bind_parameter(at + 2, &route.workspace)?;
+                stmt.raw_bind_parameter(at + 3, &route.project)?;
+                stmt.raw_bind_parameter(at + 4, &*row.session)?;
+                stmt.raw_bind_parameter(at + 5, *seq)?;
+                stmt.raw_bind_parameter(at + 6, row.role)?;
+                stmt.raw_bind_parameter(at + 7, &row.content)?;
+                stmt.raw_bind_parameter(at + 8, &row.tool)?;
+                stmt.raw_bind_parameter(at + 9, &row.created_at)?;
+            }
+            if stmt.raw_execute()? != n {
+                return Err(OutboxError::Storage("an id is already pending".into()));
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Under [`Overflow::Reject`], refuses a call that would take the outbox past its bound
+    /// (the whole call is rolled back: all or none).
+    fn check_room(&self, total: &Delta, delta: &Delta) -> Result<(), OutboxError> {
+        if self.limits.overflow != Overflow::Reject {
+            return Ok(());
+        }
+        let committed = i64::try_from(self.counters.pending.load(Ordering::Relaxed)).unwrap_or(0);
+        let max = i64::try_from(self.limits.max_size).unwrap_or(i64::MAX);
+        if committed + total.pending + delta.pending > max {
+            return Err(OutboxError::Full {
+                max: usize::try_from(max).unwrap_or(usize::MAX),
+            });
+        }
+        Ok(())
     }
 
     fn settle(
@@ -996,6 +1129,30 @@ struct MovedRow {
     workspace: String,
     kind: String,
     project: Option<String>,
+}
+
+/// The enqueue calls at the front of a group's remainder: how many, and their rows.
+struct EnqueueRun {
+    calls: usize,
+    rows: usize,
+}
+
+fn enqueue_run(rest: &[Command]) -> EnqueueRun {
+    let mut run = EnqueueRun { calls: 0, rows: 0 };
+    for cmd in rest {
+        let Command::Enqueue { rows, .. } = cmd else {
+            break;
+        };
+        run.calls += 1;
+        run.rows += rows.len();
+    }
+    run
+}
+
+/// What every waiter hears if a group could not even run one row per statement (never
+/// expected: that mode does not ask to be run again).
+fn unbatch_error() -> OutboxError {
+    OutboxError::Storage("the group could not be committed".into())
 }
 
 /// Answers one waiter.

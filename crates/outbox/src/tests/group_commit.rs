@@ -228,6 +228,68 @@ fn a_pending_id_is_stored_once() {
     assert_eq!(outbox.pending_count(), 1);
 }
 
+/// A call whose rows share one multi-row `INSERT` and include an id already pending: the
+/// group runs again one row per statement, so the pending id is answered with its stored
+/// seq and the other rows get the next seqs with no gap.
+#[test]
+fn a_pending_id_inside_a_multi_row_insert_keeps_seqs_contiguous() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(&dir, OutboxConfig::default());
+    let session = SessionId::new();
+    let first = message(session, "first");
+    outbox
+        .enqueue_blocking(Route::single(), first.clone())
+        .unwrap();
+    let receipts = outbox
+        .enqueue_batch_blocking(
+            Route::single(),
+            vec![message(session, "second"), first, message(session, "third")],
+        )
+        .unwrap();
+    let got: Vec<(i64, bool)> = receipts.iter().map(|r| (r.seq, r.duplicate)).collect();
+    assert_eq!(got, [(2, false), (1, true), (3, false)]);
+    assert_eq!(seqs_by_session(&outbox)[&session], [1, 2, 3]);
+    let stored: Vec<String> = outbox
+        .pending_messages()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(stored, ["first", "second", "third"]);
+}
+
+/// More rows than one multi-row statement carries, over two sessions: every row stored once,
+/// in call order, each session's seqs contiguous.
+#[test]
+fn a_large_call_is_split_over_several_statements_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(&dir, OutboxConfig::default());
+    let (a, b) = (SessionId::new(), SessionId::new());
+    let messages: Vec<_> = (0..75)
+        .map(|i| message(if i % 3 == 0 { b } else { a }, &format!("m{i}")))
+        .collect();
+    let receipts = outbox
+        .enqueue_batch_blocking(Route::single(), messages)
+        .unwrap();
+    assert_eq!(receipts.len(), 75);
+    assert!(receipts.iter().all(|r| !r.duplicate));
+    let seqs = seqs_by_session(&outbox);
+    assert_eq!(seqs[&a], (1..=50).collect::<Vec<i64>>());
+    assert_eq!(seqs[&b], (1..=25).collect::<Vec<i64>>());
+    let stored: Vec<String> = outbox
+        .pending_messages()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    let expected: Vec<String> = (0..75).map(|i| format!("m{i}")).collect();
+    assert_eq!(stored, expected);
+    let again = outbox
+        .enqueue_blocking(Route::single(), message(a, "after"))
+        .unwrap();
+    assert_eq!(again.seq, 51);
+}
+
 #[test]
 fn long_content_is_truncated_with_a_marker_and_tool_metadata_kept() {
     let dir = tempfile::tempdir().unwrap();
