@@ -29,9 +29,9 @@ export class ChatView {
     this.older = h('button', { class: 'btn ghost small load-older', type: 'button', hidden: true, text: 'Load earlier messages', on: { click: () => this.loadOlder() } });
     this.scroller = h('div', { class: 'messages', tabindex: '0', 'aria-label': 'Messages' }, this.older, this.messageList);
     this.pill = h('button', { class: 'new-pill', type: 'button', hidden: true, on: { click: () => this.scrollToBottom(true) } }, icon('arrowDown'), 'New messages');
-    this.empty = h('div', { class: 'empty', hidden: true },
-      h('h2', { text: 'Start with a task' }),
-      h('p', { text: 'Describe what you want done below. Run Now starts an agent on a fresh workspace; Save to Backlog keeps it as a draft for the board.' }));
+    this.emptyTitle = h('h2');
+    this.emptyText = h('p');
+    this.empty = h('div', { class: 'empty', hidden: true }, this.emptyTitle, this.emptyText);
     this.drawer = h('aside', { class: 'workspace-panel', hidden: true, 'aria-label': 'Workspace' });
     this.composer = composer;
     this.reply = this.replyForm();
@@ -69,14 +69,27 @@ export class ChatView {
     this.newChat.onclick = start;
   }
 
-  /** Selects a session (or the newest one when `id` is null). */
+  /**
+   * Selects a session (or the newest one when `id` is null). A linked session that does not
+   * exist (or is not the user's) is said so, rather than quietly showing another one under
+   * its address; one of another project opens in that project.
+   */
   async select(id) {
+    let missing = null;
     if (id && !this.state.sessions.has(id)) {
       // Just created (its session.updated frame may still be on its way), or linked to.
-      try { this.state.upsertSession(await api.session(id)); } catch { /* falls back to the newest */ }
+      let session = null;
+      try { session = await api.session(id); } catch { /* not found, or not the user's */ }
+      if (session && session.projectId !== this.state.project.id) {
+        navigate(`#/p/${session.projectId}/s/${id}`, { replace: true });
+        return;
+      }
+      if (session) this.state.upsertSession(session); else missing = id;
     }
     const sessions = this.state.sortedSessions();
-    if (!id || !this.state.sessions.has(id)) id = sessions[0]?.id || null;
+    if (missing) id = null;
+    else if (!id) id = sessions[0]?.id || null;
+    this.missing = missing;
     const changed = id !== this.selectedId;
     this.selectedId = id;
     if (changed) {
@@ -89,7 +102,7 @@ export class ChatView {
     this.renderSidebar();
     this.renderHeader();
     this.renderDrawer();
-    this.empty.hidden = Boolean(id);
+    this.renderEmpty();
     this.scroller.hidden = !id;
     if (!id) return;
     this.onSelect(id);
@@ -101,6 +114,16 @@ export class ChatView {
       this.renderMessages();
       this.scrollToBottom(false);
     }
+  }
+
+  /** The note in place of a conversation: none selected yet, or the linked one not found. */
+  renderEmpty() {
+    this.empty.hidden = Boolean(this.selectedId);
+    this.empty.dataset.missing = this.missing ? 'true' : 'false';
+    this.emptyTitle.textContent = this.missing ? 'Session not found' : 'Start with a task';
+    this.emptyText.textContent = this.missing
+      ? 'This address names a session that does not exist or is not yours. Pick one from the list, or start a task below.'
+      : 'Describe what you want done below. Run Now starts an agent on a fresh workspace; Save to Backlog keeps it as a draft for the board.';
   }
 
   renderSidebar() {
