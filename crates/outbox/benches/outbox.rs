@@ -122,7 +122,8 @@ fn raw_insert_rate(
          VALUES {} ON CONFLICT (id) DO NOTHING",
         vec!["(?, 'w', NULL, ?, ?, 'assistant', ?, NULL, ?)"; per_statement].join(", ")
     );
-    let session = SessionId::new().to_string();
+    let session_id = SessionId::new();
+    let session = session_id.to_string();
     let start = Instant::now();
     let mut rows = 0u64;
     while start.elapsed().as_secs_f64() < secs {
@@ -132,7 +133,9 @@ fn raw_insert_rate(
             for _ in 0..rows_per_commit / per_statement {
                 for i in 0..per_statement {
                     rows += 1;
-                    let m = message(SessionId::new());
+                    // Each row comes from a message and is encoded here, as the outbox
+                    // encodes on the producer's thread.
+                    let m = message(session_id);
                     let at = i * 5;
                     stmt.raw_bind_parameter(at + 1, m.id.to_string()).unwrap();
                     stmt.raw_bind_parameter(at + 2, &session).unwrap();

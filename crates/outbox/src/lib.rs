@@ -77,7 +77,10 @@
 //! committer, and the writer thread after its last group. Waking a sleeping thread costs
 //! about as much as a `synchronous=NORMAL` commit, so this doubled the rate of eight
 //! blocking producers on a 2-core VM (52k to 105k msg/s, at a third of the CPU per
-//! message). `cargo bench -p kiln-outbox` prints the figures against raw SQLite.
+//! message). A blocking producer spins through a commit slower than that (one and a half
+//! times the previous commit, at most four times the setting): under `synchronous=FULL`
+//! each commit waits for an fsync, and waking the producers after it cost eight of them a
+//! third of their rate. `cargo bench -p kiln-outbox` prints the figures against raw SQLite.
 //! Consecutive enqueue calls of a group share multi-row `INSERT … VALUES (…), (…)`
 //! statements (up to 32 rows each): SQLite's per-statement work, the `AUTOINCREMENT`
 //! bookkeeping among it, is paid once per statement instead of once per row. A statement
