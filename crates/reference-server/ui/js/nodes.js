@@ -17,6 +17,9 @@ export class NodesView {
       h('header', { class: 'nodes-head' }, h('div', {}, h('h1', { text: 'Nodes' }), this.summary), toggle),
       this.list);
     state.on('nodes', () => this.render());
+    // A claim's label follows its task's status and its chat's topic.
+    state.on('tasks', () => this.render());
+    state.on('sessions', () => this.render());
   }
 
   render() {
@@ -36,11 +39,38 @@ export class NodesView {
     this.summary.textContent = Object.keys(counts).length
       ? Object.entries(counts).map(([s, c]) => `${c} ${s}`).join(' · ')
       : 'No nodes yet: one is provisioned when a task runs, then kept warm for the next.';
-    syncChildren(this.list, nodes, { key: (n) => n.id, version: (n) => `${n.updatedAt}|${n.state}`, render: (n) => this.row(n) });
+    syncChildren(this.list, nodes, {
+      key: (n) => n.id,
+      version: (n) => {
+        const claim = this.claim(n);
+        return `${n.updatedAt}|${n.state}|${claim?.text}|${claim?.href}`;
+      },
+      render: (n) => this.row(n),
+    });
+  }
+
+  /**
+   * What holds a node: a task that runs on it, a task that ended without finishing (its
+   * stopped workspace is kept for inspection), or a chat without a task; null when unclaimed.
+   */
+  claim(n) {
+    if (!n.claimedBy) return null;
+    const base = `#/p/${this.state.project.id}/s/`;
+    const task = this.state.tasks.get(n.claimedBy);
+    if (task) {
+      const running = ['queued', 'delegated', 'in_progress'].includes(task.status);
+      return {
+        href: task.sessionId ? base + task.sessionId : null,
+        text: running ? `running: ${task.title}` : `workspace kept (${task.status.replace('_', ' ')}): ${task.title}`,
+      };
+    }
+    const chat = this.state.sessions.get(n.claimedBy);
+    if (chat) return { href: base + chat.id, text: `chat: ${chat.topic || 'Untitled chat'}` };
+    return { href: null, text: `claimed by ${shortId(n.claimedBy)}` };
   }
 
   row(n) {
-    const task = n.claimedBy ? this.state.tasks.get(n.claimedBy) : undefined;
+    const claim = this.claim(n);
     const warm = n.state === 'warm' && n.warmUntil;
     let bar = null;
     if (warm) {
@@ -59,8 +89,8 @@ export class NodesView {
       h('span', { class: 'chip node-size', text: n.size }),
       h('div', { class: 'node-facts' },
         h('span', { class: 'muted', text: n.provider + (n.location ? ` · ${n.location}` : '') }),
-        task ? h('a', { href: `#/p/${this.state.project.id}/s/${task.sessionId}`, text: `running: ${task.title}` })
-          : n.claimedBy ? h('span', { class: 'muted', text: `claimed by ${shortId(n.claimedBy)}` }) : null,
+        claim?.href ? h('a', { class: 'node-claim', href: claim.href, text: claim.text })
+          : claim ? h('span', { class: 'node-claim muted', text: claim.text }) : null,
         n.lastHeartbeatAt ? h('span', { class: 'muted' }, 'heartbeat ', timeAgo(n.lastHeartbeatAt)) : null,
         n.errorMessage ? h('span', { class: 'node-error', text: n.errorMessage }) : null),
       h('div', { class: 'node-warm' },
