@@ -85,14 +85,18 @@ pub(crate) async fn create_token(
             "name must be non-empty and not a reserved name (first-run, browser)",
         ));
     }
+    // 0 would issue a token already expired: refused like a lifetime past the limit.
     if body
         .expires_in_secs
-        .is_some_and(|s| s > MAX_TOKEN_LIFETIME_SECS)
+        .is_some_and(|s| s == 0 || s > MAX_TOKEN_LIFETIME_SECS)
     {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
-            format!("expiresInSecs must be at most {MAX_TOKEN_LIFETIME_SECS} (100 years)"),
+            format!(
+                "expiresInSecs must be from 1 to {MAX_TOKEN_LIFETIME_SECS} (100 years); \
+                 leave it out for a token that lasts until revoked"
+            ),
         ));
     }
     let expires_at = body.expires_in_secs.map(|s| {
