@@ -35,11 +35,11 @@ export class ChatView {
     this.drawer = h('aside', { class: 'workspace-panel', hidden: true, 'aria-label': 'Workspace' });
     this.composer = composer;
     this.reply = this.replyForm();
-    this.closedNote = h('p', { class: 'chat-closed muted', hidden: true, text: 'This chat is closed: its workspace was removed. Start a new chat to go on.' });
+    this.closedNote = h('p', { class: 'chat-closed chat-note muted', hidden: true, text: 'This chat is closed: its workspace was removed. Start a new chat to go on.' });
     this.main = h('section', { class: 'chat-main' },
       this.header, this.empty,
       h('div', { class: 'messages-wrap' }, this.scroller, this.pill),
-      composer.el, this.reply, this.closedNote);
+      this.closedNote, composer.el, this.reply);
     this.el = h('div', { class: 'chat-view' }, this.sidebar, this.main, this.drawer);
 
     this.scroller.addEventListener('scroll', () => {
