@@ -1,11 +1,12 @@
 // The bottom bar of a chat without a task, against a real `kiln serve` with the demo agent:
-// a closed chat's note sits above the task composer, inside the conversation's column (it was
+// "New task instead" can be undone ("Back to the chat" brings the reply box back), and a
+// closed chat's note sits above the task composer, inside the conversation's column (it was
 // appended below the composer, flush against the window's edge).
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import {
-  apiAs, closeBrowser, contextAs, newUser, openProject,
+  apiAs, assertNoReload, closeBrowser, contextAs, markNoReload, newUser, openProject,
   screenshot, serverOrSkip, until,
 } from './harness.mjs';
 
@@ -21,7 +22,31 @@ before(async () => {
 });
 after(async () => { await context?.close(); await closeBrowser(); });
 
+const reply = () => page.locator('form.chat-reply');
 const composer = () => page.locator('form.composer');
+
+test('"New task instead" can be undone with "Back to the chat"', async (t) => {
+  if (!serverOrSkip(t)) return;
+  await openProject(page, project.id);
+  await page.goto(`/#/p/${project.id}/s/${chat.id}`);
+  await markNoReload(page);
+  await reply().waitFor({ timeout: 10000 });
+  assert.ok(!(await composer().isVisible()));
+
+  await page.click('form.chat-reply [data-action="new-task"]');
+  await composer().waitFor();
+  assert.ok(!(await reply().isVisible()), 'the reply box gives way to the task composer');
+  const back = page.locator('[data-action="back-to-chat"]');
+  assert.ok(await back.isVisible(), 'a way back to the chat is offered');
+
+  await back.click();
+  await reply().waitFor();
+  assert.ok(!(await composer().isVisible()), 'the task composer is out of the way again');
+  assert.ok(!(await back.isVisible()));
+  assert.ok(await page.locator('form.chat-reply textarea').evaluate((el) => el === document.activeElement), 'the reply box has the focus');
+  await assertNoReload(page);
+  assert.deepEqual(page.errors, []);
+});
 
 test('a closed chat\'s note sits above the task composer, in the conversation\'s column', async (t) => {
   if (!serverOrSkip(t)) return;

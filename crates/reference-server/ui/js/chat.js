@@ -36,10 +36,17 @@ export class ChatView {
     this.composer = composer;
     this.reply = this.replyForm();
     this.closedNote = h('p', { class: 'chat-closed chat-note muted', hidden: true, text: 'This chat is closed: its workspace was removed. Start a new chat to go on.' });
+    // After "New task instead", the way back to the chat's reply box.
+    this.taskNote = h('p', { class: 'chat-writing-task chat-note muted', hidden: true },
+      'Writing a new task instead of a message to this chat. ',
+      h('button', {
+        type: 'button', class: 'btn ghost small', dataset: { action: 'back-to-chat' },
+        on: { click: () => { this.writingTask = false; this.renderBars(this.state.sessions.get(this.selectedId)); this.reply.querySelector('textarea').focus(); } },
+      }, 'Back to the chat'));
     this.main = h('section', { class: 'chat-main' },
       this.header, this.empty,
       h('div', { class: 'messages-wrap' }, this.scroller, this.pill),
-      this.closedNote, composer.el, this.reply);
+      this.closedNote, this.taskNote, composer.el, this.reply);
     this.el = h('div', { class: 'chat-view' }, this.sidebar, this.main, this.drawer);
 
     this.scroller.addEventListener('scroll', () => {
@@ -163,6 +170,7 @@ export class ChatView {
     this.composer.el.hidden = replying;
     this.reply.hidden = !replying;
     this.closedNote.hidden = !chat || session.status !== 'closed';
+    this.taskNote.hidden = !chat || session.status === 'closed' || !this.writingTask;
   }
 
   /** The reply box of a chat without a task: each message goes to the chat's running agent. */
