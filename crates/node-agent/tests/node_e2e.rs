@@ -1288,3 +1288,208 @@ async fn a_prompt_taken_before_the_agent_session_opened_is_in_the_chat_once_afte
     run.stop.send_replace(true);
     let _ = run.node.await;
 }
+
+/// A follow-up prompt for a task's workspace (`task` is its create command).
+fn follow_up(task: &TaskCommand, message_id: MessageId, text: &str) -> NodeCommand {
+    NodeCommand::Prompt {
+        workspace_id: task.workspace,
+        prompt: Prompt {
+            message_id,
+            text: text.into(),
+        },
+    }
+}
+
+/// The user messages and the assistant answers of a chat, in order.
+fn users_and_answers(messages: &[kiln_core::ChatMessage]) -> (Vec<MessageId>, Vec<String>) {
+    let users = messages
+        .iter()
+        .filter(|m| m.role == Role::User)
+        .map(|m| m.id)
+        .collect();
+    let answers = messages
+        .iter()
+        .filter(|m| m.role == Role::Assistant)
+        .map(|m| m.content.clone())
+        .collect();
+    (users, answers)
+}
+
+/// A follow-up the user sent while a task's first turn ran is queued behind it and runs
+/// before the task completes: its work is in the pushed commit, its answer is the task's
+/// summary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_sent_during_a_tasks_turn_runs_before_the_task_completes() {
+    let (fake, url) = start_fake().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Add a greeting");
+    let farewell = MessageId::new();
+    // Both wait when the node first polls: the follow-up is taken before the first turn ends.
+    fake.push(t.command.clone());
+    fake.push(follow_up(
+        &t,
+        farewell,
+        "Add a farewell\nkiln-demo: write FAREWELL.md",
+    ));
+    let run = start_node_with(fake, &url, |_| {}).await;
+
+    let done = run
+        .fake
+        .wait_event("completion", |e| is_terminal(e, t.workspace))
+        .await;
+    let WorkspaceEvent::Completed {
+        branch: Some(branch),
+        summary: Some(summary),
+        warning: None,
+        ..
+    } = &done
+    else {
+        panic!("expected completed, got {done:?}")
+    };
+    assert!(summary.contains("Add a farewell"), "{summary}");
+    // One commit on the task branch holds the work of both turns.
+    assert!(git(&bare, &["show", &format!("{branch}:KILN_DEMO.md")]).contains("Add a greeting"));
+    assert!(git(&bare, &["show", &format!("{branch}:FAREWELL.md")]).contains("Add a farewell"));
+    let messages = run
+        .fake
+        .wait_for(10, "both answers", |i| {
+            let (_, answers) = users_and_answers(&i.messages);
+            (answers.len() >= 2).then(|| i.messages.clone())
+        })
+        .await;
+    let (users, answers) = users_and_answers(&messages);
+    assert_eq!(users, [MessageId::for_task_prompt(t.task), farewell]);
+    assert!(answers[0].contains("Add a greeting"), "{answers:#?}");
+    assert!(answers[1].contains("Add a farewell"), "{answers:#?}");
+    let completions = run
+        .fake
+        .events()
+        .iter()
+        .filter(|e| is_terminal(e, t.workspace))
+        .count();
+    assert_eq!(completions, 1);
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+/// kiln-node restarts while a task's turn runs with a follow-up queued behind it: the
+/// restarted node continues the turn, runs the follow-up, and only then completes the task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_queued_behind_a_tasks_turn_runs_after_a_restart_before_the_task_completes() {
+    let (fake, url) = start_fake().await;
+    let node_id = NodeId::new();
+    let run = start_node_with(fake.clone(), &url, |c| {
+        c.node_id = node_id;
+        stalling(c);
+    })
+    .await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Add a greeting");
+    run.fake.push(t.command.clone());
+    wait_for_plans(&run.fake, 1, "the first turn under way").await;
+    let farewell = MessageId::new();
+    run.fake.push(follow_up(
+        &t,
+        farewell,
+        "Add a farewell\nkiln-demo: write FAREWELL.md",
+    ));
+    let farewell_id = serde_json::to_value(farewell).unwrap();
+    wait_for_record(&run, t.workspace, "the follow-up queued", |r| {
+        r["turnPrompts"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["messageId"] == farewell_id))
+    })
+    .await;
+    run.stop.send_replace(true);
+    assert_eq!(run.node.await.unwrap().unwrap(), NodeExit::Requested);
+
+    let run = start_node_in(fake, &url, run.data, |c| c.node_id = node_id).await;
+    let done = run
+        .fake
+        .wait_event("completion", |e| is_terminal(e, t.workspace))
+        .await;
+    let WorkspaceEvent::Completed {
+        branch: Some(branch),
+        summary: Some(summary),
+        ..
+    } = &done
+    else {
+        panic!("expected completed, got {done:?}")
+    };
+    assert!(summary.contains("Add a farewell"), "{summary}");
+    assert!(git(&bare, &["show", &format!("{branch}:FAREWELL.md")]).contains("Add a farewell"));
+    let messages = run
+        .fake
+        .wait_for(10, "both answers", |i| {
+            let (_, answers) = users_and_answers(&i.messages);
+            (answers.len() >= 2).then(|| i.messages.clone())
+        })
+        .await;
+    let (users, answers) = users_and_answers(&messages);
+    assert_eq!(users, [MessageId::for_task_prompt(t.task), farewell]);
+    assert_eq!(answers.len(), 2, "{answers:#?}");
+    assert!(answers[0].contains("restarted"), "{answers:#?}");
+    assert!(answers[1].contains("Add a farewell"), "{answers:#?}");
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}
+
+/// A follow-up that reaches a task's workspace after the task completed (the control plane
+/// sent it as the task ended) is not run, and the chat says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_up_reaching_a_completed_task_is_not_run_and_the_chat_says_so() {
+    let run = start_node().await;
+    let repos = tempfile::tempdir().unwrap();
+    let bare = bare_repo(repos.path(), &[]);
+    let t = task_command(&bare, "Add a greeting");
+    run.fake.push(t.command.clone());
+    run.fake
+        .wait_event("completion", |e| is_terminal(e, t.workspace))
+        .await;
+    let late = MessageId::new();
+    run.fake.push(follow_up(&t, late, "One more thing"));
+    // Sent again (the control plane unsure whether the node took it): told once.
+    run.fake.push(follow_up(&t, late, "One more thing"));
+    let notice = run
+        .fake
+        .wait_for(10, "the notice", |i| {
+            i.messages
+                .iter()
+                .find(|m| m.role == Role::System && m.content.contains("was not run"))
+                .cloned()
+        })
+        .await;
+    assert_eq!(
+        notice.content,
+        "This message arrived after the task had completed; it was not run. Send it again as \
+         a new task or in a chat."
+    );
+    run.fake.push(NodeCommand::DestroyWorkspace {
+        workspace_id: t.workspace,
+    });
+    run.fake
+        .wait_event("destroyed", |e| {
+            matches!(e, WorkspaceEvent::Destroyed { workspace_id } if *workspace_id == t.workspace)
+        })
+        .await;
+    let messages = run.fake.messages();
+    let (users, answers) = users_and_answers(&messages);
+    assert_eq!(users, [MessageId::for_task_prompt(t.task)], "{messages:#?}");
+    assert_eq!(answers.len(), 1, "{answers:#?}");
+    let notices = messages
+        .iter()
+        .filter(|m| m.content.contains("was not run"))
+        .count();
+    assert_eq!(notices, 1);
+    let events = run.fake.events();
+    let count = |f: fn(&WorkspaceEvent) -> bool| events.iter().filter(|e| f(e)).count();
+    assert_eq!(
+        count(|e| matches!(e, WorkspaceEvent::AgentStarted { .. })),
+        1
+    );
+    assert_eq!(count(|e| matches!(e, WorkspaceEvent::Completed { .. })), 1);
+    run.stop.send_replace(true);
+    let _ = run.node.await;
+}

@@ -12,7 +12,9 @@ use kiln_core::{ChatMessage, MessageId, Role};
 use tokio::sync::{mpsc, oneshot};
 
 use super::record::{RecordStatus, TurnPrompt, WorkspaceRecord};
-use super::resume::{TurnRecorder, continuation_prompt, restart_failure, restart_notice};
+use super::resume::{
+    LATE_PROMPT_NOTICE, TurnRecorder, continuation_prompt, restart_failure, restart_notice,
+};
 use super::{NodeShared, git};
 use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind, TurnSummary};
 use crate::credentials::{GitCredential, http_origin};
@@ -460,6 +462,14 @@ impl WorkspaceActor {
             tracing::debug!(workspace = %self.id(), message = %prompt.message_id, "prompt taken already; dropped");
             return;
         }
+        if self.record.task_id.is_some() && self.record.status == RecordStatus::Completed {
+            // Too late to run: the work is committed and pushed, the workspace is about to
+            // go. The id is kept, so a repeat of the prompt is not told twice.
+            self.save();
+            tracing::info!(workspace = %self.id(), message = %prompt.message_id, "prompt after the task completed; not run");
+            self.record_notice(LATE_PROMPT_NOTICE.into()).await;
+            return;
+        }
         if self.record.topic.is_none() {
             self.record.topic = Some(kiln_core::model::topic_from_message(&prompt.text));
         }
@@ -486,6 +496,9 @@ impl WorkspaceActor {
     async fn run(mut self) {
         loop {
             tokio::select! {
+                // A command that arrived is taken before the report of a turn's end: a
+                // follow-up the node took while the turn ran runs before the task completes.
+                biased;
                 command = self.commands.recv() => {
                     let Some(command) = command else {
                         self.stop_agent().await;
@@ -562,18 +575,13 @@ impl WorkspaceActor {
                 }
             }
             AgentReport::TurnEnded { stop, summary } => match stop {
-                StopKind::EndTurn if self.record.task_id.is_some() => {
-                    self.complete(summary).await;
-                }
                 StopKind::EndTurn => {
-                    tracing::debug!(workspace = %self.id(), "chat turn ended");
-                    // The next queued prompt's turn, if any, is under way now.
-                    if !self.record.turn_prompts.is_empty() {
-                        self.record.turn_prompts.remove(0);
+                    self.end_turn();
+                    // A task finishes when the agent has no more prompts: the follow-ups the
+                    // user sent during its turns run first (a cancel drops them).
+                    if self.record.task_id.is_some() && !self.record.turn_active {
+                        self.complete(summary).await;
                     }
-                    self.record.turn_resumes = 0;
-                    self.record.turn_active = !self.record.turn_prompts.is_empty();
-                    self.save();
                 }
                 StopKind::Cancelled => {
                     let event = WorkspaceEvent::Cancelled {
@@ -595,6 +603,21 @@ impl WorkspaceActor {
                 }
             }
         }
+    }
+
+    /// A turn ended normally: the next queued prompt's turn, if any, is under way now (the
+    /// agent host sent it). After a cancel the host dropped its queue, so nothing follows.
+    fn end_turn(&mut self) {
+        tracing::debug!(workspace = %self.id(), "turn ended");
+        if self.record.cancel_requested {
+            self.record.turn_prompts.clear();
+            self.record.cancel_requested = false;
+        } else if !self.record.turn_prompts.is_empty() {
+            self.record.turn_prompts.remove(0);
+        }
+        self.record.turn_resumes = 0;
+        self.record.turn_active = !self.record.turn_prompts.is_empty();
+        self.save();
     }
 
     /// Commits everything on the task branch, pushes it and reports the task completed.

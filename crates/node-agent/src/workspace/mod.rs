@@ -10,6 +10,11 @@
 //! workspace a restarted node finds on disk asks the control plane for its token again
 //! before its agent starts or its branch is pushed.
 //!
+//! A task's workspace completes (commits, pushes, reports `completed`) when a turn ends and
+//! no prompt waits behind it: the follow-ups the user sent while the task ran are run first,
+//! each in its own turn; a cancel drops them. A follow-up that reaches the workspace after
+//! the task completed is not run, and the chat says so.
+//!
 //! A workspace whose agent was in a turn when the node stopped (crash, SIGKILL, upgrade)
 //! is continued: the restarted node says so in the chat, starts the agent again in the
 //! same checkout (a new ACP session; the files keep the work so far) and sends it the

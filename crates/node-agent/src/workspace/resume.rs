@@ -31,6 +31,11 @@ pub(super) fn restart_failure(restarts: u32) -> String {
     error
 }
 
+/// The system message for a follow-up that reached the workspace after its task completed
+/// (the control plane sent it as the task ended): it was not run.
+pub(super) const LATE_PROMPT_NOTICE: &str = "This message arrived after the task had \
+    completed; it was not run. Send it again as a new task or in a chat.";
+
 /// What the agent, started again without its memory of the turn, is asked: to go on from
 /// the files as they are, with the user's request.
 pub(super) fn continuation_prompt(request: &str) -> String {
