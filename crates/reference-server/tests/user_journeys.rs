@@ -61,3 +61,41 @@ async fn a_token_that_would_expire_at_once_is_refused() {
         .unwrap();
     assert_eq!(me.status(), 200, "a one-minute token works at once");
 }
+
+/// A browser opening a used login link got the raw JSON 401 as a page; it is now sent to the
+/// sign-in page (which says why). Scripts still get the JSON 401.
+#[tokio::test]
+async fn a_browser_opening_a_used_login_link_is_sent_to_the_sign_in_page() {
+    let s = TestServer::start().await;
+    let (user, _) = s.user("ann").await;
+    let link = s.login_token(user.id).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let open = |accept: &'static str| {
+        http.get(s.url(&format!("/login?token={link}")))
+            .header("accept", accept)
+            .send()
+    };
+    let browser_accept = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let first = open(browser_accept).await.unwrap();
+    assert_eq!(first.status(), 303);
+    assert_eq!(first.headers()["location"], "/", "the first use signs in");
+
+    let again = open(browser_accept).await.unwrap();
+    assert_eq!(again.status(), 303, "a browser is not shown JSON");
+    assert_eq!(again.headers()["location"], "/?login=invalid");
+    assert!(again.headers().get("set-cookie").is_none());
+    let page = http
+        .get(s.url("/?login=invalid"))
+        .header("accept", browser_accept)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "the redirect lands on the web UI");
+
+    let (status, body) = error_code(open("application/json").await.unwrap()).await;
+    assert_eq!(status, 401, "scripts keep the JSON error");
+    assert_eq!(body["error"], "unauthorized");
+}

@@ -174,12 +174,35 @@ async fn current_token(
     Ok(find_token(state, secret).await?.map(|t| t.id))
 }
 
-/// `GET /login?token=…`: trades a one-time login token for a browser session cookie.
+/// Where a browser that opened a refused login link is sent: the sign-in page says why.
+const REFUSED_LOGIN_PAGE: &str = "/?login=invalid";
+
+/// `GET /login?token=…`: trades a one-time login token for a browser session cookie. A link
+/// that is invalid, used or expired is a 401 JSON error, except for a browser opening it
+/// (`Accept: text/html`), which is redirected to the sign-in page instead of shown raw JSON.
 pub(crate) async fn login(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     ApiQuery(query): ApiQuery<LoginQuery>,
 ) -> ApiResult<Response> {
-    let token = find_token(&state, &query.token)
+    match trade_login_token(&state, &query.token).await {
+        Err(err) if err.status == StatusCode::UNAUTHORIZED && accepts_html(&headers) => {
+            Ok(Redirect::to(REFUSED_LOGIN_PAGE).into_response())
+        }
+        answer => answer,
+    }
+}
+
+fn accepts_html(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"))
+}
+
+async fn trade_login_token(state: &AppState, secret: &str) -> ApiResult<Response> {
+    let token = find_token(state, secret)
         .await?
         .filter(|t| t.name == LOGIN_TOKEN_NAME)
         .ok_or_else(|| ApiError::unauthorized("this login link is invalid, used or expired"))?;
@@ -188,7 +211,7 @@ pub(crate) async fn login(
         return Err(ApiError::unauthorized("this login link was already used"));
     }
     let expires = kiln_core::clock::add_duration(state.clock.now(), state.settings.session_ttl);
-    let (_, secret) = issue_token(&state, token.user_id, BROWSER_TOKEN_NAME, Some(expires)).await?;
+    let (_, secret) = issue_token(state, token.user_id, BROWSER_TOKEN_NAME, Some(expires)).await?;
     let cookie = format!(
         "{SESSION_COOKIE}={secret}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{}",
         state.settings.session_ttl.as_secs(),

@@ -6,6 +6,12 @@
 import { signInWithSecret } from './api.js';
 import { h } from './dom.js';
 
+// A login link the server refused, opened in this browser, lands on /?login=invalid (see
+// GET /login): said once on the sign-in page, and the query is dropped at once so a reload
+// or a later sign-out does not say it again.
+let refusedLink = new URLSearchParams(location.search).get('login') === 'invalid';
+if (refusedLink) history.replaceState(null, '', location.pathname + location.hash);
+
 export function signInPage(onSignedIn) {
   const secret = h('input', {
     class: 'input', type: 'password', name: 'token', autocomplete: 'off', required: true,
@@ -35,6 +41,11 @@ export function signInPage(onSignedIn) {
   h('p', { class: 'muted small' },
     'On first start, ', h('code', { text: 'kiln serve' }), ' prints a one-time login link: open it and you are in. ',
     'Scripts and other browsers can use an API token instead.'));
+  if (refusedLink) {
+    refusedLink = false;
+    error.textContent = 'That login link is invalid, was already used or has expired. Print a new one with “kiln user login-link”, or paste an API token.';
+    error.hidden = false;
+  }
   setTimeout(() => secret.focus());
   return h('main', { class: 'signin' }, form);
 }
