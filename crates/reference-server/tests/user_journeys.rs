@@ -99,3 +99,58 @@ async fn a_browser_opening_a_used_login_link_is_sent_to_the_sign_in_page() {
     assert_eq!(status, 401, "scripts keep the JSON error");
     assert_eq!(body["error"], "unauthorized");
 }
+
+/// Deleting a draft left its session `pending` for ever, with no task to run it (the web UI
+/// then offered "Close chat" on it, which answered 409). The session is closed instead, and
+/// its conversation can still be read.
+#[tokio::test]
+async fn deleting_a_draft_closes_its_session_and_keeps_its_conversation() {
+    let s = TestServer::start().await;
+    let (_, token) = s.user("ann").await;
+    let project = s.project(&token).await;
+    let draft = s.task(&token, &project, false).await;
+    let session_id = draft.session_id.expect("a task has a session");
+    let r = s
+        .http
+        .delete(s.url(&format!("/api/tasks/{}", draft.id)))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    let session: Value = s
+        .http
+        .get(s.url(&format!("/api/sessions/{session_id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["status"], "closed", "{session}");
+    let page: Value = s
+        .http
+        .get(s.url(&format!("/api/sessions/{session_id}/messages")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "the prompt is still there: {page}");
+    assert_eq!(messages[0]["content"], draft.description);
+    let r = s
+        .http
+        .post(s.url(&format!("/api/sessions/{session_id}/prompt")))
+        .bearer_auth(&token)
+        .json(&json!({"text": "anyone there?"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_code(r).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("conflict")));
+}

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use kiln_core::task::TaskEvent;
 use kiln_core::{
-    ChatMessage, ChatSession, MessageId, Role, SessionId, SessionStatus, StoreError, Task, TaskId,
-    TaskQuery, TaskStatus, VmSize, model::topic_from_message,
+    Change, ChatMessage, ChatSession, MessageId, Role, SessionId, SessionPatch, SessionStatus,
+    StoreError, Task, TaskId, TaskQuery, TaskStatus, VmSize, model::topic_from_message,
 };
 use serde::Deserialize;
 
@@ -338,5 +338,43 @@ pub(crate) async fn delete(
     }
     state.store.delete_task(task.id).await?;
     state.announce_task(&task).await;
+    if let Some(session_id) = task.session_id {
+        close_orphaned_session(&state, &task, session_id).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The session of a deleted task stays, so its conversation can still be read; one left
+/// `pending` (a draft's) or `active` would wait forever for a task that no longer exists, so
+/// it is closed.
+async fn close_orphaned_session(
+    state: &AppState,
+    task: &Task,
+    session_id: SessionId,
+) -> ApiResult<()> {
+    let Some(session) = state.store.get_session(session_id).await? else {
+        return Ok(());
+    };
+    if !matches!(
+        session.status,
+        SessionStatus::Pending | SessionStatus::Active
+    ) {
+        return Ok(());
+    }
+    let patch = SessionPatch {
+        status: Some(SessionStatus::Closed),
+        ..SessionPatch::default()
+    };
+    state
+        .store
+        .update_session(session_id, &patch, state.clock.now())
+        .await?;
+    state
+        .announce(
+            task.owner,
+            Some(task.project_id),
+            Change::Session { session_id },
+        )
+        .await;
+    Ok(())
 }
