@@ -205,7 +205,10 @@ impl Node {
                                     .await;
                                 break 'outer NodeExit::Shutdown { reason };
                             }
-                            self.workspaces.execute(sequenced.command).await;
+                            // Acknowledged only once executed: a prompt is on disk by then.
+                            self.workspaces
+                                .execute(sequenced.seq, sequenced.command)
+                                .await;
                             self.acknowledge(sequenced.seq);
                         }
                     }

@@ -517,7 +517,12 @@ impl WorkspaceActor {
     /// Executes one command; `false` when the workspace's task ends (destroyed, stopped).
     async fn on_command(&mut self, command: WorkspaceCommand) -> bool {
         match command {
-            WorkspaceCommand::Prompt(p) => self.send_prompt(p).await,
+            WorkspaceCommand::Prompt(p) => {
+                let id = p.message_id;
+                self.send_prompt(p).await;
+                // The record holds it now (or dropped it as a repeat).
+                super::inbox::remove(&self.dir, id);
+            }
             WorkspaceCommand::Cancel => match &self.host {
                 Some(host) => {
                     // Remembered, so a restart before the agent ends the turn does not

@@ -15,6 +15,10 @@
 //! each in its own turn; a cancel drops them. A follow-up that reaches the workspace after
 //! the task completed is not run, and the chat says so.
 //!
+//! A prompt the node acknowledged to the control plane but its workspace has not taken yet
+//! waits on disk (in the workspace's `inbox/`), so a node killed in between runs it after
+//! its restart.
+//!
 //! A workspace whose agent was in a turn when the node stopped (crash, SIGKILL, upgrade)
 //! is continued: the restarted node says so in the chat, starts the agent again in the
 //! same checkout (a new ACP session; the files keep the work so far) and sends it the
@@ -27,6 +31,7 @@
 
 mod actor;
 pub mod git;
+mod inbox;
 pub mod paths;
 pub mod record;
 mod resume;
@@ -182,7 +187,13 @@ impl Workspaces {
                     let id = record.workspace_id;
                     // The git token is not kept on disk: the workspace asks for it again
                     // when it needs it.
+                    // The prompts the previous run acknowledged that the workspace had not
+                    // taken come first, in order, before any new command.
+                    let waiting = inbox::waiting(&dir);
                     let (actor, handle) = self.actor(dir, record, None);
+                    for prompt in waiting {
+                        let _ = handle.tx.send(WorkspaceCommand::Prompt(prompt));
+                    }
                     self.handles.lock().await.insert(id, handle);
                     tokio::spawn(actor.run_resumed());
                     found += 1;
@@ -211,8 +222,11 @@ impl Workspaces {
         reports
     }
 
-    /// Executes one workspace command (everything but `Shutdown`, which the node handles).
-    pub async fn execute(&self, command: NodeCommand) {
+    /// Executes one workspace command (everything but `Shutdown`, which the node handles);
+    /// `seq` is its number from the control plane. On return the command may be
+    /// acknowledged: a prompt is kept on disk until its workspace takes it (the module
+    /// `inbox`), so a node killed before that still runs it after its restart.
+    pub async fn execute(&self, seq: u64, command: NodeCommand) {
         match command {
             NodeCommand::CreateWorkspace {
                 workspace_id,
@@ -276,8 +290,15 @@ impl Workspaces {
                 workspace_id,
                 prompt,
             } => {
+                let handles = self.handles.lock().await;
+                if handles.contains_key(&workspace_id)
+                    && let Err(e) = inbox::put(&self.dir(workspace_id), seq, &prompt)
+                {
+                    tracing::error!(workspace = %workspace_id, error = %e, "prompt not kept on disk; a restart before the workspace takes it loses it");
+                }
+                drop(handles);
                 self.send(workspace_id, WorkspaceCommand::Prompt(prompt))
-                    .await
+                    .await;
             }
             NodeCommand::Cancel { workspace_id } => {
                 self.send(workspace_id, WorkspaceCommand::Cancel).await;

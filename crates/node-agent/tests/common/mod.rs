@@ -43,6 +43,8 @@ pub struct Inner {
     /// answer a restarted node), and how many times a node asked for one.
     pub git_tokens: HashMap<WorkspaceId, String>,
     pub git_token_requests: u64,
+    /// The `after` of every command poll: what the node acknowledged.
+    pub polled_after: Vec<u64>,
 }
 
 /// The fake control plane's state, shared with the test.
@@ -56,6 +58,9 @@ pub struct Fake {
     pub messages_down: Arc<AtomicBool>,
     /// Accept this many more message batches, then behave as `messages_down`.
     pub batches_left: Arc<AtomicU64>,
+    /// Hold every git-token request unanswered while set (a control plane that is slow to
+    /// answer it).
+    pub git_token_stalled: Arc<AtomicBool>,
 }
 
 impl Fake {
@@ -194,6 +199,7 @@ async fn commands(
     if !authorized(&headers, NODE_TOKEN) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
+    fake.lock().polled_after.push(q.after);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms.min(2_000));
     loop {
         let notified = fake.notify.notified();
@@ -227,8 +233,11 @@ async fn git_token(
     if !authorized(&headers, NODE_TOKEN) {
         return StatusCode::UNAUTHORIZED.into_response();
     }
-    let mut inner = fake.lock();
-    inner.git_token_requests += 1;
+    fake.lock().git_token_requests += 1;
+    while fake.git_token_stalled.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let inner = fake.lock();
     match inner.git_tokens.get(&workspace) {
         Some(token) => (
             [("cache-control", "no-store")],
