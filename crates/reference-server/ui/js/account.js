@@ -112,15 +112,19 @@ function tokensSection(initial) {
 
 function tokenRow(t, { onRevoked, onError }) {
   const session = t.name === 'browser';
-  const label = session ? 'Browser session' : t.name;
+  // A one-time login link not opened yet (`kiln serve` prints one at each start): it signs a
+  // browser in once and is no API token; revoking it makes the link useless.
+  const loginLink = t.name === 'first-run';
+  const label = session ? 'Browser session' : loginLink ? 'Login link (not used yet)' : t.name;
   const revoke = h('button', {
     class: 'btn tiny', type: 'button', dataset: { action: 'revoke-token' },
-    'aria-label': `Revoke ${session ? 'browser session' : t.name}`,
+    'aria-label': `Revoke ${session ? 'browser session' : loginLink ? 'login link' : t.name}`,
     on: {
       click: async () => {
         const question = t.current
           ? `Revoke "${label}"? It is the one this browser is signed in with: you will be signed out.`
-          : `Revoke "${label}"? Anything using it is refused from now on.`;
+          : loginLink ? 'Revoke this login link? Opening it will no longer sign anyone in.'
+            : `Revoke "${label}"? Anything using it is refused from now on.`;
         if (!(await confirmDialog('Revoke token', question, 'Revoke'))) { revoke.focus(); return; }
         revoke.disabled = true;
         try {
@@ -139,11 +143,11 @@ function tokenRow(t, { onRevoked, onError }) {
       },
     },
   }, 'Revoke');
-  return h('li', { class: 'token-row', dataset: { tokenId: t.id, current: String(t.current) } },
+  return h('li', { class: 'token-row', dataset: { tokenId: t.id, current: String(t.current), kind: session ? 'browser' : loginLink ? 'login-link' : 'api' } },
     h('div', { class: 'token-main' },
       h('span', { class: 'token-name', text: label }),
       t.current ? h('span', { class: 'chip current', text: 'this browser' }) : null,
-      session ? null : h('span', { class: 'chip', text: 'API token' })),
+      session ? null : h('span', { class: 'chip', text: loginLink ? 'login link' : 'API token' })),
     h('div', { class: 'token-meta' },
       'created ', timeAgo(t.createdAt), ' · ',
       t.expiresAt ? h('time', { dateTime: t.expiresAt, title: new Date(t.expiresAt).toLocaleString(), text: `expires ${relative(t.expiresAt)}` }) : 'never expires'),
