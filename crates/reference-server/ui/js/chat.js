@@ -240,10 +240,12 @@ export class ChatView {
         actions.push(act('Re-run', async () => this.state.upsertTask(await api.rerunTask(task.id))));
       }
     }
-    if (!task && session.status !== 'closed') {
+    // A task's session whose task was deleted has no task here, and is still no chat to close.
+    const taskGone = Boolean(session.taskId && !task);
+    if (!session.taskId && session.status !== 'closed') {
       actions.push(act('Close chat', async () => this.state.upsertSession(await api.closeChat(session.id))));
     }
-    const canOpenWorkspace = ws?.status === 'running' || (!task && session.status === 'active');
+    const canOpenWorkspace = ws?.status === 'running' || (!session.taskId && session.status === 'active');
     if (this.workspaceOpen && !canOpenWorkspace) {
       // The agent is gone (the task ended, the chat was closed or stopped): a follow-up box
       // left open would only answer 409, so the panel closes with its button.
@@ -263,6 +265,7 @@ export class ChatView {
         h('div', { class: 'session-actions' }, actions)),
       h('div', { class: 'session-facts' },
         task ? statusBadge(task.status) : h('span', { class: `badge session-${session.status}`, text: session.status }),
+        taskGone ? h('span', { class: 'fact task-gone', text: 'its task was deleted' }) : null,
         task?.attempt > 1 ? h('span', { class: 'fact', text: `attempt ${task.attempt}` }) : null,
         branch ? h('span', { class: 'fact' }, icon('branch'), h('code', { text: branch })) : null,
         task?.prUrl ? h('a', { class: 'fact link', href: task.prUrl, target: '_blank', rel: 'noopener noreferrer' }, icon('link'), 'Pull request') : null,
