@@ -67,3 +67,29 @@ test('the project page fits every width, with a long project name', async (t) =>
   assert.equal(await page.locator('.project-name strong').textContent(), LONG_NAME);
   assert.deepEqual(page.errors, []);
 });
+
+test('a session title keeps room beside its actions when the workspace panel is open', async (t) => {
+  if (!serverOrSkip(t)) return;
+  const chat = await api.call('POST', `/api/projects/${project.id}/sessions`, { prompt: 'Describe the module layout' });
+  await page.setViewportSize({ width: 1024, height: 800 });
+  await openProject(page, project.id);
+  await page.goto(`/#/p/${project.id}/s/${chat.id}`);
+  const open = page.locator('.session-actions [data-action="open-workspace"]');
+  await open.waitFor({ timeout: 60000 });
+  await open.click();
+  await page.locator('.workspace-panel:not([hidden])').waitFor();
+  const title = page.locator('.session-title');
+  const width = await title.evaluate((el) => el.getBoundingClientRect().width);
+  const words = await title.evaluate((el) => {
+    // Each word of the title on one line: no word broken across lines.
+    const range = document.createRange();
+    const text = el.firstChild && el.firstChild.nodeType === 3 ? el.firstChild : el;
+    range.selectNodeContents(text);
+    return Math.round(range.getBoundingClientRect().height / Number.parseFloat(getComputedStyle(el).lineHeight));
+  });
+  if (width < 150) await screenshot(page, 'layout-title-squeezed');
+  assert.ok(width >= 150, `the title is ${Math.round(width)}px wide beside the actions`);
+  assert.ok(words <= 2, `"Describe the module layout" takes ${words} lines`);
+  await api.call('POST', `/api/sessions/${chat.id}/close`);
+  assert.deepEqual(page.errors, []);
+});
