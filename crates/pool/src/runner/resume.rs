@@ -12,6 +12,9 @@
 //! - a `delegated` task whose workspace is still `creating` gets its create-workspace command
 //!   again (commands wait in server memory and are lost with it). The agent host applies a
 //!   workspace's create command once, so a copy that did arrive before the stop is harmless.
+//!   One whose workspace row was never written (the process stopped between delegating the
+//!   task and writing the row, so no command was sent) gets it written and its command sent
+//!   now, on the node the task holds, if that node is still live and claimed by it.
 //! - a chat without a task left `pending` carries on the same way: with no workspace yet,
 //!   it acquires its node again — the node already claimed for it
 //!   ([`chat_claim`](super::chat_claim)) if there is one, so no second node is provisioned
@@ -31,7 +34,9 @@
 //! Whatever cannot be resumed is left to the transient-state limits of
 //! [`tick`](TaskRunner::tick), which fail the task with a reason.
 
-use kiln_core::{NodeState, SessionStatus, TaskStatus, WorkspaceQuery, WorkspaceStatus};
+use kiln_core::{
+    NodeState, SessionStatus, StoreError, TaskStatus, WorkspaceQuery, WorkspaceStatus,
+};
 
 use super::TaskRunner;
 use crate::error::Error;
@@ -146,22 +151,55 @@ impl TaskRunner {
         let (Some(node), Some(workspace_id)) = (task.node_id, task.workspace_id) else {
             return Ok(false);
         };
-        let Some(workspace) = self.store().get_workspace(workspace_id).await? else {
-            // Delegated before the workspace row was written: nothing the node could know.
-            // The task waits for its delegated-state limit.
-            return Ok(false);
-        };
-        if workspace.status != WorkspaceStatus::Creating {
-            return Ok(false);
-        }
         let project = self
             .store()
             .get_project(task.project_id)
             .await?
             .ok_or_else(|| Error::not_found("project", task.project_id))?;
+        let Some(workspace) = self.store().get_workspace(workspace_id).await? else {
+            return self
+                .start_unwritten_workspace(task, &project.repository_url, node, workspace_id)
+                .await;
+        };
+        if workspace.status != WorkspaceStatus::Creating {
+            return Ok(false);
+        }
         let request = self.workspace_request(task, &project.repository_url, node, workspace_id);
         tracing::info!(task = %task.id, %node, workspace = %workspace_id, "resuming a delegated task: sending its workspace command again");
         self.inner.workspaces.create_workspace(&request).await?;
         Ok(true)
+    }
+
+    /// A task the stopped process delegated but whose workspace row it never wrote (it
+    /// stopped between the two writes): no command was sent, so the node knows nothing of
+    /// it. The workspace is started now on the node the task holds, under the id the task
+    /// already names, as the stopped process would have. `Ok(false)` when the node is no
+    /// longer the task's live node (the delegated-state limit fails the task then), or when
+    /// another replica wrote the row first (that replica sends the command).
+    async fn start_unwritten_workspace(
+        &self,
+        task: &kiln_core::Task,
+        repository_url: &str,
+        node: kiln_core::NodeId,
+        workspace_id: kiln_core::WorkspaceId,
+    ) -> Result<bool, Error> {
+        let usable = self
+            .store()
+            .get_node(node)
+            .await?
+            .is_some_and(|n| n.state == NodeState::Active && n.claimed_by == Some(task.id));
+        if !usable {
+            tracing::warn!(task = %task.id, %node, "a delegated task without a workspace whose node is no longer its own; its delegated-state limit will fail it");
+            return Ok(false);
+        }
+        tracing::info!(task = %task.id, %node, workspace = %workspace_id, "resuming a delegated task whose workspace was never written: starting it");
+        match self
+            .create_workspace(task, repository_url, node, workspace_id)
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(Error::Store(StoreError::Conflict { .. })) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 }
