@@ -30,10 +30,17 @@
 //!   follow-ups: they are refused until its workspace exists.)
 //! - a workspace left `destroying` gets its destroy command again, so its node is released
 //!   once the node reports it gone (instead of waiting for the node's maximum lifetime).
+//! - a task whose end was stored but whose workspace is still `creating` or `running` (the
+//!   process stopped between writing the task and acting on it) gets what its end asks for:
+//!   a completed task's workspace is destroyed (its node released once empty), a failed or
+//!   cancelled task's agent is stopped and its workspace kept `stopped`; its session is
+//!   closed as well. The node's repeated report of the end cannot do it: the task no longer
+//!   takes that event.
 //!
 //! Whatever cannot be resumed is left to the transient-state limits of
 //! [`tick`](TaskRunner::tick), which fail the task with a reason.
 
+use kiln_core::task::TaskEffect;
 use kiln_core::{
     NodeState, SessionStatus, StoreError, TaskStatus, WorkspaceQuery, WorkspaceStatus,
 };
@@ -53,6 +60,9 @@ pub struct Resumed {
     /// `pending` chats without a task whose start went on again: node acquisition started
     /// (in the background) or the create-workspace command sent again.
     pub chats: usize,
+    /// Tasks that had ended with their workspace still `creating` or `running`: their
+    /// workspace destroyed (completed) or stopped (failed, cancelled) now.
+    pub ended: usize,
 }
 
 impl TaskRunner {
@@ -104,6 +114,7 @@ impl TaskRunner {
                 }
             }
         }
+        resumed.ended = self.settle_ended_tasks().await?;
         let destroying = self
             .store()
             .list_workspaces(&WorkspaceQuery {
@@ -139,10 +150,51 @@ impl TaskRunner {
                 delegated = resumed.delegated,
                 destroying = resumed.destroying,
                 chats = resumed.chats,
+                ended = resumed.ended,
                 "resumed the runs a previous process left"
             );
         }
         Ok(resumed)
+    }
+
+    /// Carries out the effects of the task ends a stopped process stored without acting on
+    /// them: every task that ended while its current workspace is still `creating` or
+    /// `running`. Returns how many.
+    async fn settle_ended_tasks(&self) -> Result<usize, Error> {
+        let live = self
+            .store()
+            .list_workspaces(&WorkspaceQuery {
+                statuses: vec![WorkspaceStatus::Creating, WorkspaceStatus::Running],
+                ..WorkspaceQuery::default()
+            })
+            .await?;
+        let mut settled = 0;
+        for workspace in live {
+            let Some(task_id) = workspace.task_id else {
+                continue;
+            };
+            let Some(task) = self.store().get_task(task_id).await? else {
+                continue;
+            };
+            if task.workspace_id != Some(workspace.id) {
+                continue;
+            }
+            let (effects, session) = match task.status {
+                TaskStatus::Completed => (
+                    vec![TaskEffect::DestroyWorkspace, TaskEffect::ReleaseNode],
+                    SessionStatus::Completed,
+                ),
+                TaskStatus::Failed | TaskStatus::Cancelled => {
+                    (vec![TaskEffect::StopAgent], SessionStatus::Stopped)
+                }
+                _ => continue,
+            };
+            tracing::info!(task = %task.id, status = %task.status, workspace = %workspace.id, "resuming an ended task whose workspace was left as it ran");
+            self.run_effects(&task, effects).await?;
+            self.set_session(&task, Some(session), None).await;
+            settled += 1;
+        }
+        Ok(settled)
     }
 
     /// Sends a delegated task's create-workspace command again while its workspace is still
