@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kiln_core::task::TransitionError;
-use kiln_core::{NodeId, ProviderError, SessionId, StoreError, TaskId};
+use kiln_core::{NodeId, ProviderError, SessionId, StoreError, TaskId, WorkspaceId};
 
 use crate::controller::ControllerError;
 
@@ -80,6 +80,15 @@ pub enum Error {
     NotAChat {
         /// The session.
         session: SessionId,
+    },
+    /// The workspace is not a kept one that can be discarded: its task still runs in it
+    /// (cancel the task first), or it belongs to a chat (close the chat instead).
+    #[error("workspace {workspace} cannot be discarded: {reason}")]
+    WorkspaceInUse {
+        /// The workspace.
+        workspace: WorkspaceId,
+        /// Why, for the user.
+        reason: String,
     },
     /// Another writer kept moving the task; the action was not applied.
     #[error("task {task} kept changing under a concurrent writer")]

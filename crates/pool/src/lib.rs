@@ -99,6 +99,7 @@
 //! | `TASK_QUEUED_TIMEOUT_MS` | 900000 (15 min) | a task waiting this long for a node fails |
 //! | `TASK_DELEGATED_TIMEOUT_MS` | 600000 (10 min) | a task whose agent has not started after this fails |
 //! | `TASK_TICK_INTERVAL_MS` | 30000 | how often the runner's loop checks those limits |
+//! | `KILN_KEPT_WORKSPACE_TTL_MS` | 86400000 (24 h; 0: forever) | a failed or cancelled task's kept workspace older than this is discarded by the runner's tick, releasing its node ([`TaskRunner::discard_expired_workspaces`]) |
 //!
 //! ## Design notes
 //!

@@ -70,6 +70,10 @@ pub struct Settings {
     /// `TASK_TICK_INTERVAL_MS` (default 30 s): how often the runner's loop looks for tasks held
     /// too long in a transient state.
     pub task_tick_interval: Duration,
+    /// `KILN_KEPT_WORKSPACE_TTL_MS` (default 24 h; `0` keeps them forever, `None` here): how
+    /// long the workspace of a failed or cancelled task is kept for inspection. The runner's
+    /// tick then discards it, which releases its node.
+    pub kept_workspace_ttl: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -89,6 +93,7 @@ impl Default for Settings {
             prewarm: Vec::new(),
             task_limits: TransientLimits::default(),
             task_tick_interval: Duration::from_secs(30),
+            kept_workspace_ttl: Some(minutes(24 * 60)),
         }
     }
 }
@@ -144,6 +149,9 @@ impl Settings {
         millis("TASK_QUEUED_TIMEOUT_MS", &mut s.task_limits.queued)?;
         millis("TASK_DELEGATED_TIMEOUT_MS", &mut s.task_limits.delegated)?;
         millis("TASK_TICK_INTERVAL_MS", &mut s.task_tick_interval)?;
+        let mut kept = s.kept_workspace_ttl.unwrap_or_default();
+        millis("KILN_KEPT_WORKSPACE_TTL_MS", &mut kept)?;
+        s.kept_workspace_ttl = (!kept.is_zero()).then_some(kept);
         if let Some(value) = lookup("NODE_DESTROY_MAX_ATTEMPTS") {
             s.destroy_max_attempts =
                 value
@@ -271,6 +279,9 @@ mod tests {
         );
         assert!(s.provisioning_timeout < s.task_limits.queued);
         assert!(s.prewarm.is_empty());
+        assert_eq!(s.kept_workspace_ttl, Some(Duration::from_secs(24 * 3600)));
+        let forever = from(&[("KILN_KEPT_WORKSPACE_TTL_MS", "0")]).unwrap();
+        assert_eq!(forever.kept_workspace_ttl, None);
     }
 
     #[test]
@@ -293,6 +304,7 @@ mod tests {
             ("TASK_QUEUED_TIMEOUT_MS", "9000"),
             ("TASK_DELEGATED_TIMEOUT_MS", "10000"),
             ("TASK_TICK_INTERVAL_MS", "11000"),
+            ("KILN_KEPT_WORKSPACE_TTL_MS", "12000"),
         ])
         .unwrap();
         let ms = Duration::from_millis;
@@ -310,6 +322,7 @@ mod tests {
         assert_eq!(s.task_limits.queued, ms(9000));
         assert_eq!(s.task_limits.delegated, ms(10000));
         assert_eq!(s.task_tick_interval, ms(11000));
+        assert_eq!(s.kept_workspace_ttl, Some(ms(12000)));
         assert_eq!(s.prewarm.len(), 2);
         assert_eq!(s.prewarm_min(owner, VmSize::Medium, Some("fsn1")), 2);
         assert_eq!(s.prewarm_min(owner, VmSize::Medium, Some("nbg1")), 0);

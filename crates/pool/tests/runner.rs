@@ -254,8 +254,8 @@ async fn a_rerun_starts_a_new_attempt_and_ignores_the_old_workspace() {
     assert_eq!(rerun.session_id, t.session_id, "one session per task");
     let new_ws = rerun.workspace_id.unwrap();
     assert_ne!(new_ws, old_ws);
-    // The old node still holds the kept workspace: the re-run got another node.
-    assert_ne!(rerun.node_id, t.node_id);
+    // The kept workspace was discarded first: the re-run took its node back warm.
+    assert_eq!(rerun.node_id, t.node_id);
     // A late report from the first attempt's workspace does not move the new run.
     h.runner.completed(old_ws, None, None, None).await.unwrap();
     assert_eq!(task(&h, t.id).await.status, TaskStatus::Delegated);

@@ -243,8 +243,9 @@ impl TaskRunner {
         self.start(id, &TaskEvent::Run, true).await
     }
 
-    /// Runs a failed or cancelled task again (a new attempt, same session, a fresh node and
-    /// workspace; the old workspace is kept). Idempotent like [`run`](Self::run).
+    /// Runs a failed or cancelled task again (a new attempt, same session, a fresh workspace).
+    /// The workspaces the task kept are discarded first, so their node is released and the
+    /// new attempt may take it back warm. Idempotent like [`run`](Self::run).
     pub async fn rerun(&self, id: TaskId) -> Result<Task, Error> {
         self.start(id, &TaskEvent::Rerun, false).await
     }
@@ -255,6 +256,9 @@ impl TaskRunner {
     }
 
     async fn start(&self, id: TaskId, event: &TaskEvent, inline: bool) -> Result<Task, Error> {
+        if *event == TaskEvent::Rerun {
+            self.discard_before_rerun(id).await?;
+        }
         let new_session = SessionId::new();
         let (task, effects) = match self
             .step(id, event, |t| {
@@ -289,6 +293,20 @@ impl TaskRunner {
             self.spawn_acquire(id);
         }
         Ok(task)
+    }
+
+    /// Discards what a failed or cancelled task kept before it runs again. Before the re-run
+    /// is stored: once the task runs again it holds its old node's claim, and the node would
+    /// not be released. A discard that fails leaves the workspace to the retention limit.
+    async fn discard_before_rerun(&self, id: TaskId) -> Result<(), Error> {
+        let task = self.task(id).await?;
+        if !matches!(task.status, TaskStatus::Failed | TaskStatus::Cancelled) {
+            return Ok(());
+        }
+        if let Err(e) = self.discard_kept_workspaces(id).await {
+            tracing::warn!(task = %id, error = %e, "could not discard the kept workspace before a re-run");
+        }
+        Ok(())
     }
 
     /// Creates the task's session (first run) or reopens it (re-run), with the prompt stored
@@ -657,6 +675,7 @@ impl TaskRunner {
 }
 
 mod chat;
+mod kept;
 mod reconcile;
 mod reports;
 mod resume;

@@ -123,6 +123,25 @@ impl TaskRunner {
         self.task(id).await
     }
 
+    /// Whether `node`'s claim belongs to a task whose current run uses it. A task between a
+    /// re-run and its new node (no node yet) holds only a node claimed since the re-run: an
+    /// older claim is the earlier attempt's, whose kept workspace was discarded.
+    async fn held_for_current_run(&self, node: &kiln_core::Node) -> Result<bool, Error> {
+        let Some(task_id) = node.claimed_by else {
+            return Ok(false);
+        };
+        let Some(task) = self.store().get_task(task_id).await? else {
+            return Ok(false);
+        };
+        if !task.status.is_running() {
+            return Ok(false);
+        }
+        Ok(match task.node_id {
+            Some(held) => held == node.id,
+            None => node.updated_at >= task.status_changed_at,
+        })
+    }
+
     /// The workspace was removed from its node: recorded, and the node released warm once
     /// no workspace is left on it and no running task holds it. Idempotent.
     pub async fn workspace_destroyed(&self, workspace: WorkspaceId) -> Result<(), Error> {
@@ -136,7 +155,7 @@ impl TaskRunner {
         let Some(node) = self.store().get_node(ws.node_id).await? else {
             return Ok(());
         };
-        if pool.held_by_running_task(&node).await? {
+        if self.held_for_current_run(&node).await? {
             return Ok(());
         }
         let left = self

@@ -77,7 +77,9 @@ impl TaskRunner {
 
     /// Fails every task held in `queued` or `delegated` beyond its
     /// [limit](crate::Settings::task_limits), with a clear reason, and every task on a lost
-    /// node ([`reap_lost_nodes`](Self::reap_lost_nodes)); returns them.
+    /// node ([`reap_lost_nodes`](Self::reap_lost_nodes)); returns them. Also discards the
+    /// kept workspaces older than the retention limit
+    /// ([`discard_expired_workspaces`](Self::discard_expired_workspaces)).
     pub async fn tick(&self) -> Result<Vec<Task>, Error> {
         let mut failed = match self.reap_lost_nodes().await {
             Ok(failed) => failed,
@@ -86,6 +88,9 @@ impl TaskRunner {
                 Vec::new()
             }
         };
+        if let Err(e) = self.discard_expired_workspaces().await {
+            tracing::warn!(error = %e, "kept-workspace retention check failed");
+        }
         let limits = self.inner.pool.settings().task_limits;
         let candidates = self
             .store()
