@@ -30,7 +30,7 @@ impl From<kiln_pool::Error> for ApiError {
             E::InvalidTransition { source, .. } => source.into(),
             E::NotFound { entity, .. } => Self::not_found(entity),
             E::Contended { .. } => Self::conflict("the task keeps changing; retry"),
-            e @ E::NotAChat { .. } => Self::conflict(e.to_string()),
+            e @ (E::NotAChat { .. } | E::WorkspaceInUse { .. }) => Self::conflict(e.to_string()),
             other => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -66,6 +66,18 @@ impl TaskDriver for PoolDriver {
 
     async fn cancel(&self, task: TaskId) -> Result<Task, ApiError> {
         Ok(self.runner.cancel(task).await?)
+    }
+
+    async fn discard_workspace(
+        &self,
+        workspace: WorkspaceId,
+    ) -> Result<kiln_core::Workspace, ApiError> {
+        Ok(self.runner.discard_workspace(workspace).await?)
+    }
+
+    async fn discard_kept_workspaces(&self, task: TaskId) -> Result<(), ApiError> {
+        self.runner.discard_kept_workspaces(task).await?;
+        Ok(())
     }
 
     async fn open_chat(&self, chat: kiln_pool::NewChat) -> Result<ChatSession, ApiError> {

@@ -27,6 +27,14 @@ pub trait TaskDriver: Send + Sync + fmt::Debug + 'static {
     async fn rerun(&self, task: TaskId) -> Result<Task, ApiError>;
     /// Cancels a task; its agent is stopped and its workspace kept.
     async fn cancel(&self, task: TaskId) -> Result<Task, ApiError>;
+    /// Discards the workspace a failed or cancelled task kept: destroyed on its node, which
+    /// is released once empty (see [`kiln_pool::TaskRunner::discard_workspace`]).
+    async fn discard_workspace(
+        &self,
+        workspace: kiln_core::WorkspaceId,
+    ) -> Result<kiln_core::Workspace, ApiError>;
+    /// Discards every workspace `task` kept (before it or its project is deleted).
+    async fn discard_kept_workspaces(&self, task: TaskId) -> Result<(), ApiError>;
     /// Opens a chat without a task (the session is returned at once; its node and workspace
     /// come in the background).
     async fn open_chat(&self, chat: kiln_pool::NewChat) -> Result<ChatSession, ApiError>;

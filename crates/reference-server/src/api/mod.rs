@@ -86,7 +86,10 @@ pub(crate) fn router() -> Router<AppState> {
             get(node_git_token::get),
         )
         .route("/api/workspaces", get(nodes::list_workspaces))
-        .route("/api/workspaces/{workspaceId}", get(nodes::get_workspace))
+        .route(
+            "/api/workspaces/{workspaceId}",
+            get(nodes::get_workspace).delete(nodes::discard_workspace),
+        )
         .route(
             "/api/workspaces/{workspaceId}/messages",
             post(messages::post),

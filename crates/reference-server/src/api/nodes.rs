@@ -1,4 +1,5 @@
-//! The user's nodes (with lifecycle state and `warmUntil`) and workspaces, read-only.
+//! The user's nodes (with lifecycle state and `warmUntil`) and workspaces, read-only, and
+//! discarding the workspace a failed or cancelled task kept.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -107,6 +108,20 @@ pub(crate) async fn get_workspace(
         .await?
     {
         Some(w) if w.owner == user.id() => Ok(Json(w)),
+        _ => Err(ApiError::not_found("workspace")),
+    }
+}
+
+/// `DELETE /api/workspaces/{id}`: discards the workspace a failed or cancelled task kept
+/// (409 while its task runs in it, or for a chat's).
+pub(crate) async fn discard_workspace(
+    State(state): State<AppState>,
+    user: CurrentUser,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Workspace>> {
+    let id = parse_id(&id, "workspace")?;
+    match state.store.get_workspace(id).await? {
+        Some(w) if w.owner == user.id() => Ok(Json(state.driver.discard_workspace(id).await?)),
         _ => Err(ApiError::not_found("workspace")),
     }
 }

@@ -145,17 +145,19 @@ pub(crate) async fn delete(
 ) -> ApiResult<StatusCode> {
     let id = parse_id(&id, "project")?;
     let project = state.owned_project(user.id(), id).await?;
-    let running = state
+    let tasks = state
         .store
         .list_tasks(project.id, &TaskQuery::default())
-        .await?
-        .into_iter()
-        .filter(|t| t.status.is_running())
-        .count();
+        .await?;
+    let running = tasks.iter().filter(|t| t.status.is_running()).count();
     if running > 0 {
         return Err(ApiError::conflict(format!(
             "{running} task(s) of this project are running; cancel them first"
         )));
+    }
+    // Kept workspaces would otherwise hold their nodes for tasks that no longer exist.
+    for task in &tasks {
+        state.driver.discard_kept_workspaces(task.id).await?;
     }
     if !state.store.delete_project(project.id).await? {
         return Err(ApiError::not_found("project"));

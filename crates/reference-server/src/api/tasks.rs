@@ -336,6 +336,8 @@ pub(crate) async fn delete(
             task.status
         )));
     }
+    // Its kept workspaces would otherwise hold their nodes for a task that no longer exists.
+    state.driver.discard_kept_workspaces(task.id).await?;
     state.store.delete_task(task.id).await?;
     state.announce_task(&task).await;
     if let Some(session_id) = task.session_id {
