@@ -59,7 +59,8 @@ macro_rules! string_enum {
                     _ => Err(crate::model::ParseEnumError {
                         kind: $kind,
                         value: s.to_owned(),
-                        expected: concat!($($text, " "),+),
+                        // ", a, b, c" without its leading ", ".
+                        expected: &concat!($(", ", $text),+)[2..],
                     }),
                 }
             }

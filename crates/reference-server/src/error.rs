@@ -152,7 +152,176 @@ impl From<JsonRejection> for ApiError {
             }
             _ => (rejection.status(), "invalid_request"),
         };
-        Self::new(status, code, rejection.body_text())
+        let message = match &rejection {
+            JsonRejection::JsonDataError(e) => describe_data_error(&inner_text(&e.body_text())),
+            JsonRejection::JsonSyntaxError(e) => {
+                format!("the body is not valid JSON: {}", inner_text(&e.body_text()))
+            }
+            _ => rejection.body_text(),
+        };
+        Self::new(status, code, message)
+    }
+}
+
+/// The error serde gave, without axum's preamble ("Failed to deserialize the JSON body into
+/// the target type: ").
+fn inner_text(body_text: &str) -> String {
+    body_text
+        .split_once(": ")
+        .map_or(body_text, |(_, inner)| inner)
+        .to_owned()
+}
+
+/// Says what serde's complaint about a JSON body means for the person who sent it: which
+/// field, and what it takes. `raw` is `[path: ]problem[ at line L column C]`, the path (as
+/// `vmSize` or `messages[0].role`) missing for the body itself. A problem serde does not
+/// phrase in one of its usual ways (a check of our own) is kept as it is, after the path.
+fn describe_data_error(raw: &str) -> String {
+    let raw = strip_position(raw);
+    let (path, problem) = match raw.split_once(": ") {
+        Some((head, rest)) if is_path(head) => (Some(head), rest),
+        _ => (None, raw),
+    };
+    let subject = path.unwrap_or("the body");
+    let within = |field: &str| path.map_or(field.to_owned(), |p| format!("{p}.{field}"));
+    if let Some(field) = problem.strip_prefix("missing field ") {
+        return format!("{} is required", within(unquote(field)));
+    }
+    if let Some(field) = problem.strip_prefix("duplicate field ") {
+        return format!("{} is given twice", within(unquote(field)));
+    }
+    if let Some(rest) = problem.strip_prefix("unknown field ") {
+        let (field, expected) = rest.split_once(", ").unwrap_or((rest, ""));
+        let known = match expected {
+            "there are no fields" => "it takes no fields".to_owned(),
+            e => format!("the fields are: {}", backticked_list(e)),
+        };
+        // The path already ends with the unknown field's name.
+        let field = match path {
+            Some(p) if p.ends_with(unquote(field)) => p.to_owned(),
+            _ => within(unquote(field)),
+        };
+        return format!("unknown field {field}; {known}");
+    }
+    if let Some(rest) = problem.strip_prefix("unknown variant ") {
+        let (value, expected) = rest.split_once(", ").unwrap_or((rest, ""));
+        return format!(
+            "{subject} must be one of: {} (got \"{}\")",
+            backticked_list(expected),
+            unquote(value)
+        );
+    }
+    // serde also takes a struct as a list of its fields in order; a list that does not fit
+    // was meant as something else.
+    if let Some(rest) = problem.strip_prefix("invalid length ")
+        && rest.contains(", expected struct ")
+    {
+        return format!("{subject} must be a JSON object (got a list)");
+    }
+    for (prefix, is_type) in [("invalid type: ", true), ("invalid value: ", false)] {
+        if let Some(rest) = problem.strip_prefix(prefix)
+            && let Some((got, expected)) = rest.rsplit_once(", expected ")
+        {
+            let got = if is_type {
+                kind_of(got).to_owned()
+            } else {
+                value_of(got)
+            };
+            return format!(
+                "{subject} must be {} (got {got})",
+                expected_in_words(expected)
+            );
+        }
+    }
+    match path {
+        Some(p) => format!("{p}: {problem}"),
+        None => problem.to_owned(),
+    }
+}
+
+/// `raw` without serde_json's trailing ` at line L column C`.
+fn strip_position(raw: &str) -> &str {
+    match raw.rsplit_once(" at line ") {
+        Some((head, tail))
+            if tail
+                .split_once(" column ")
+                .is_some_and(|(l, c)| is_number(l) && is_number(c)) =>
+        {
+            head
+        }
+        _ => raw,
+    }
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether serde_path_to_error's prefix `head` is a path (`a.b[0]`), not words of a message.
+fn is_path(head: &str) -> bool {
+    !head.is_empty()
+        && head
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.[]?-".contains(c))
+}
+
+fn unquote(s: &str) -> &str {
+    s.trim_matches('`')
+}
+
+/// serde's "one of `a`, `b`" or "`a`" as "a, b".
+fn backticked_list(expected: &str) -> String {
+    let list = expected
+        .trim_start_matches("expected ")
+        .trim_start_matches("one of ");
+    list.split(", ").map(unquote).collect::<Vec<_>>().join(", ")
+}
+
+/// serde's name of what a value must be, in words.
+fn expected_in_words(expected: &str) -> String {
+    macro_rules! whole {
+        ($($t:ident),+) => {
+            match expected {
+                $(stringify!($t) => {
+                    return format!("a whole number from {} to {}", $t::MIN, $t::MAX)
+                })+
+                _ => {}
+            }
+        };
+    }
+    whole!(i8, i16, i32, i64, u8, u16, u32, u64, usize, isize);
+    match expected {
+        "f32" | "f64" => "a number".to_owned(),
+        "a boolean" => "true or false".to_owned(),
+        "a sequence" => "a list".to_owned(),
+        "a map" => "a JSON object".to_owned(),
+        e if e.starts_with("struct ") => "a JSON object".to_owned(),
+        e => e.to_owned(),
+    }
+}
+
+/// What kind of JSON value serde's "unexpected" names (`string "x"`, `integer `5``, `map`).
+fn kind_of(unexpected: &str) -> &'static str {
+    match unexpected
+        .split_once(' ')
+        .map_or(unexpected, |(kind, _)| kind)
+    {
+        "integer" | "floating" => "a number",
+        "string" | "char" => "a string",
+        "boolean" => "a boolean",
+        "sequence" => "a list",
+        "map" => "a JSON object",
+        "null" | "unit" => "null",
+        _ => "something else",
+    }
+}
+
+/// The value serde's "unexpected" quotes: `integer `5`` is 5, `string "x"` is "x".
+fn value_of(unexpected: &str) -> String {
+    match unexpected.split_once(' ') {
+        Some((_, value)) if value.starts_with('`') => unquote(value).to_owned(),
+        Some(("string", value)) => value.to_owned(),
+        _ => kind_of(unexpected).to_owned(),
     }
 }
 

@@ -8,6 +8,7 @@
 //! | `message.delta` | `{projectId, sessionId, segmentId, text, textSoFar}`: text an agent streams right now |
 //! | `session.updated` | a chat session |
 //! | `task.updated` | a task |
+//! | `task.deleted` | `{id, projectId}`: a task that no longer exists (deleted) |
 //! | `node.updated` | a node of the owner |
 //! | `workspace.updated` | a workspace |
 //!
@@ -220,14 +221,18 @@ impl Viewer {
                     frames = self.read_messages(*session_id, from, *last).await?;
                 }
             }
-            Change::Task { task_id } => {
-                if let Some(t) = store.get_task(*task_id).await?
-                    && t.owner == owner
-                    && t.project_id == self.project
-                {
+            Change::Task { task_id } => match store.get_task(*task_id).await? {
+                Some(t) if t.owner == owner && t.project_id == self.project => {
                     frames.push(frame("task.updated", &t));
                 }
-            }
+                Some(_) => {}
+                // Announced for this owner and project (checked by the caller) and gone: the
+                // task was deleted, and pages showing it must drop it.
+                None => frames.push(frame(
+                    "task.deleted",
+                    &json!({"id": task_id, "projectId": self.project}),
+                )),
+            },
             Change::Session { session_id } => {
                 if let Some(s) = store.get_session(*session_id).await?
                     && s.owner == owner

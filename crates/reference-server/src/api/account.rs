@@ -178,15 +178,25 @@ async fn current_token(
 const REFUSED_LOGIN_PAGE: &str = "/?login=invalid";
 
 /// `GET /login?token=…`: trades a one-time login token for a browser session cookie. A link
-/// that is invalid, used or expired is a 401 JSON error, except for a browser opening it
-/// (`Accept: text/html`), which is redirected to the sign-in page instead of shown raw JSON.
+/// that is invalid, used or expired is a 401 JSON error, one without a token a 400, except
+/// for a browser opening it (`Accept: text/html`), which is redirected to the sign-in page
+/// instead of shown raw JSON.
 pub(crate) async fn login(
     State(state): State<AppState>,
     headers: axum::http::HeaderMap,
-    ApiQuery(query): ApiQuery<LoginQuery>,
+    query: Result<ApiQuery<LoginQuery>, ApiError>,
 ) -> ApiResult<Response> {
-    match trade_login_token(&state, &query.token).await {
-        Err(err) if err.status == StatusCode::UNAUTHORIZED && accepts_html(&headers) => {
+    let answer = match query {
+        Ok(ApiQuery(query)) => trade_login_token(&state, &query.token).await,
+        Err(no_token) => Err(no_token),
+    };
+    match answer {
+        Err(err)
+            if matches!(
+                err.status,
+                StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST
+            ) && accepts_html(&headers) =>
+        {
             Ok(Redirect::to(REFUSED_LOGIN_PAGE).into_response())
         }
         answer => answer,

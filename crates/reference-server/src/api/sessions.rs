@@ -101,6 +101,10 @@ pub(crate) async fn list(
     let project = state
         .owned_project(user.id(), parse_id(&project_id, "project")?)
         .await?;
+    // As the messages endpoint: a page of nothing is a mistake, not a question.
+    if query.limit == Some(0) {
+        return Err(ApiError::bad_request("limit must be at least 1"));
+    }
     let task_id = match query.task_id {
         Some(raw) => Some(
             raw.parse::<TaskId>()
