@@ -67,6 +67,13 @@ async fn a_completed_task_left_with_a_running_workspace_has_it_destroyed_on_resu
     );
     assert_eq!(h.node_state(node).await, NodeState::Active);
 
+    // A task that ends while the new process resumes is its report's to settle, not the
+    // resume's (here: it ended at the very instant the resume began).
+    let (runner, workspaces) = restarted(&h);
+    assert_eq!(runner.resume().await.unwrap(), Resumed::default());
+    assert!(workspaces.destroyed().is_empty());
+
+    h.clock.advance(Duration::from_secs(1));
     let (runner, workspaces) = restarted(&h);
     // The node reporting the completion again changes nothing: the task is completed.
     runner
@@ -110,6 +117,7 @@ async fn a_cancelled_task_left_with_a_running_workspace_has_its_agent_stopped_on
     let _boots = simulate_node_boots(h.pool.clone(), Duration::ZERO).await;
     let t = ended_without_effects(&h, &TaskEvent::Cancel).await;
     let workspace = t.workspace_id.unwrap();
+    h.clock.advance(Duration::from_secs(1));
 
     let (runner, workspaces) = restarted(&h);
     let resumed = runner.resume().await.unwrap();

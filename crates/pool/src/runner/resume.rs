@@ -158,9 +158,11 @@ impl TaskRunner {
     }
 
     /// Carries out the effects of the task ends a stopped process stored without acting on
-    /// them: every task that ended while its current workspace is still `creating` or
-    /// `running`. Returns how many.
+    /// them: every task that ended before this resume began while its current workspace is
+    /// still `creating` or `running`. A task ending from now on is its report's to settle
+    /// (nodes report to this process while it resumes). Returns how many.
     async fn settle_ended_tasks(&self) -> Result<usize, Error> {
+        let began = self.now();
         let live = self
             .store()
             .list_workspaces(&WorkspaceQuery {
@@ -176,7 +178,7 @@ impl TaskRunner {
             let Some(task) = self.store().get_task(task_id).await? else {
                 continue;
             };
-            if task.workspace_id != Some(workspace.id) {
+            if task.workspace_id != Some(workspace.id) || task.status_changed_at >= began {
                 continue;
             }
             let (effects, session) = match task.status {
