@@ -48,6 +48,7 @@ export class LiveConnection {
       case 'message.delta': s.ensureSession(data.sessionId); s.applyDelta(data); break;
       case 'session.updated': s.upsertSession(data); break;
       case 'task.updated': if (data.sessionId) s.ensureSession(data.sessionId); s.upsertTask(data); break;
+      case 'task.deleted': s.removeTask(data.id); break;
       case 'node.updated': s.upsertNode(data); break;
       case 'workspace.updated': s.upsertWorkspace(data); break;
       default: break;

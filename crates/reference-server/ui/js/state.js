@@ -48,6 +48,12 @@ export class ProjectState {
     this.emit('tasks', task);
   }
 
+  /** A task deleted (its session, if any, stays: still readable, now without a task). */
+  removeTask(id) {
+    if (!this.tasks.delete(id)) return;
+    this.emit('tasks', { id, deleted: true });
+  }
+
   /** Fetches a session the page has not heard of yet (a new task's, or a message's). */
   async ensureSession(id) {
     if (this.sessions.has(id) || this.fetchingSessions.has(id)) return;
@@ -150,7 +156,7 @@ export class ProjectState {
     sessions.forEach((s) => this.upsertSession(s));
     const present = new Set(tasks.map((t) => t.id));
     for (const id of [...this.tasks.keys()]) {
-      if (!present.has(id)) { this.tasks.delete(id); this.emit('tasks', { id, deleted: true }); }
+      if (!present.has(id)) this.removeTask(id);
     }
     tasks.forEach((t) => this.upsertTask(t));
     nodes.forEach((n) => this.upsertNode(n));
