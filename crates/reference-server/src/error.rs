@@ -391,3 +391,45 @@ pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, Ap
 
 /// The result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::describe_data_error;
+
+    #[test]
+    fn body_errors_name_nested_fields_and_keep_our_own_wording() {
+        let cases = [
+            (
+                "messages[0].role: unknown variant `bot`, expected one of `user`, `assistant` at line 1 column 40",
+                "messages[0].role must be one of: user, assistant (got \"bot\")",
+            ),
+            (
+                "messages[0]: missing field `content` at line 1 column 9",
+                "messages[0].content is required",
+            ),
+            (
+                "messages[0].extra: unknown field `extra`, expected `content` at line 1 column 9",
+                "unknown field messages[0].extra; the fields are: content",
+            ),
+            (
+                "limit: invalid type: floating point `1.5`, expected u32 at line 1 column 12",
+                "limit must be a whole number from 0 to 4294967295 (got a number)",
+            ),
+            (
+                "invalid type: string \"a, expected b\", expected struct Body at line 1 column 15",
+                "the body must be a JSON object (got a string)",
+            ),
+            (
+                "expiresInSecs: must be from 1 s to 100 years",
+                "expiresInSecs: must be from 1 s to 100 years",
+            ),
+            (
+                "a check of our own: with its words",
+                "a check of our own: with its words",
+            ),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(describe_data_error(raw), want, "{raw}");
+        }
+    }
+}
