@@ -404,7 +404,10 @@ mod tests {
             assert_eq!(role.as_str().parse::<Role>().unwrap(), *role);
         }
         let err = "huge".parse::<VmSize>().unwrap_err();
-        assert!(err.to_string().contains("small medium large"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "invalid VM size \"huge\"; expected one of: small, medium, large"
+        );
         assert!(serde_json::from_str::<Role>("\"robot\"").is_err());
     }
 
