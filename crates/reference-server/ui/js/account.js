@@ -3,7 +3,7 @@
 // out) and the Hetzner Cloud token (write-only: afterwards only its hint and when it was set).
 
 import { api, forgetCredentials } from './api.js';
-import { h, icon, navigate, replace } from './dom.js';
+import { confirmDialog, h, icon, navigate, replace } from './dom.js';
 import { relative, timeAgo } from './time.js';
 
 const LIFETIMES = [
@@ -152,25 +152,6 @@ function tokenRow(t, { onRevoked, onError }) {
       'created ', timeAgo(t.createdAt), ' · ',
       t.expiresAt ? h('time', { dateTime: t.expiresAt, title: new Date(t.expiresAt).toLocaleString(), text: `expires ${relative(t.expiresAt)}` }) : 'never expires'),
     revoke);
-}
-
-/** A modal yes/no question; resolves true when confirmed (Esc or Cancel: false). */
-function confirmDialog(title, question, action) {
-  return new Promise((resolve) => {
-    let confirmed = false;
-    const ok = h('button', { type: 'submit', class: 'btn primary danger', text: action, dataset: { action: 'confirm' } });
-    const dialog = h('dialog', { class: 'dialog confirm', 'aria-label': title },
-      h('form', { method: 'dialog', on: { submit: (e) => { e.preventDefault(); confirmed = true; dialog.close(); } } },
-        h('h2', { text: title }),
-        h('p', { text: question }),
-        h('div', { class: 'dialog-actions' },
-          h('button', { type: 'button', class: 'btn ghost', text: 'Cancel', dataset: { action: 'cancel' }, on: { click: () => dialog.close() } }),
-          ok)));
-    dialog.addEventListener('close', () => { dialog.remove(); resolve(confirmed); });
-    document.body.append(dialog);
-    dialog.showModal();
-    ok.focus();
-  });
 }
 
 // ---- Hetzner Cloud token ------------------------------------------------------------------

@@ -89,6 +89,8 @@ export const api = {
 
   nodes: () => request('GET', '/api/nodes'),
   workspace: (id) => request('GET', `/api/workspaces/${enc(id)}`),
+  /** Discards a failed or cancelled task's kept workspace (409 while its task runs in it). */
+  discardWorkspace: (id) => request('DELETE', `/api/workspaces/${enc(id)}`),
   workspaces: (query = {}) => request('GET', `/api/workspaces?${new URLSearchParams(query)}`),
 };
 

@@ -3,7 +3,9 @@
 // the workspace panel ("Open workspace": a live tail and a follow-up prompt box).
 
 import { api } from './api.js';
-import { h, icon, navigate, replace, shortId, statusBadge, syncChildren } from './dom.js';
+import {
+  confirmDialog, h, icon, navigate, replace, shortId, statusBadge, syncChildren,
+} from './dom.js';
 import { inline } from './markdown.js';
 import { oneLine, renderItem, renderItems } from './messages.js';
 import { timeAgo } from './time.js';
@@ -238,6 +240,14 @@ export class ChatView {
       }
       if (task.status === 'failed' || task.status === 'cancelled') {
         actions.push(act('Re-run', async () => this.state.upsertTask(await api.rerunTask(task.id))));
+        // The kept workspace holds its node until discarded (or re-run, or its retention ends).
+        if (ws && ws.taskId === task.id && ['creating', 'running', 'stopped'].includes(ws.status)) {
+          actions.push(act('Discard workspace', async () => {
+            const question = 'Discard this task\'s workspace? Its files are removed from the node, which goes back to the pool. The task, its branch and its conversation stay.';
+            if (!(await confirmDialog('Discard workspace', question, 'Discard'))) return;
+            this.state.upsertWorkspace(await api.discardWorkspace(ws.id));
+          }));
+        }
       }
     }
     // A task's session whose task was deleted has no task here, and is still no chat to close.

@@ -118,3 +118,22 @@ export function navigate(hash, { replace: replaceEntry = false } = {}) {
   if (replaceEntry) history.replaceState(null, '', hash); else history.pushState(null, '', hash);
   window.dispatchEvent(new Event('kiln:navigate'));
 }
+
+/** A modal yes/no question; resolves true when confirmed (Esc or Cancel: false). */
+export function confirmDialog(title, question, action) {
+  return new Promise((resolve) => {
+    let confirmed = false;
+    const ok = h('button', { type: 'submit', class: 'btn primary danger', text: action, dataset: { action: 'confirm' } });
+    const dialog = h('dialog', { class: 'dialog confirm', 'aria-label': title },
+      h('form', { method: 'dialog', on: { submit: (e) => { e.preventDefault(); confirmed = true; dialog.close(); } } },
+        h('h2', { text: title }),
+        h('p', { text: question }),
+        h('div', { class: 'dialog-actions' },
+          h('button', { type: 'button', class: 'btn ghost', text: 'Cancel', dataset: { action: 'cancel' }, on: { click: () => dialog.close() } }),
+          ok)));
+    dialog.addEventListener('close', () => { dialog.remove(); resolve(confirmed); });
+    document.body.append(dialog);
+    dialog.showModal();
+    ok.focus();
+  });
+}
