@@ -6,14 +6,14 @@ use std::sync::Arc;
 use kiln_core::protocol::Prompt;
 use kiln_core::task::{TaskEffect, TaskEvent, TransitionError};
 use kiln_core::{
-    Change, ChatMessage, ChatSession, MessageId, NodeId, ProjectId, Role, SessionId, SessionPatch,
-    SessionStatus, Store, StoreError, StoreEvent, Task, TaskId, TaskStatus, UserId, VmSize,
-    Workspace, WorkspaceId, WorkspaceStatus,
+    Change, ChatMessage, ChatSession, MessageId, NodeId, NodeQuery, NodeState, ProjectId, Role,
+    SessionId, SessionPatch, SessionStatus, Store, StoreError, StoreEvent, Task, TaskId,
+    TaskStatus, UserId, VmSize, Workspace, WorkspaceId, WorkspaceQuery, WorkspaceStatus,
 };
 
 use crate::controller::{DestroyProgress, WorkspaceController, WorkspaceRequest};
 use crate::error::Error;
-use crate::pool::WarmPool;
+use crate::pool::{WarmPool, live_workspace_statuses};
 
 /// The [`status_detail`](Task::status_detail) of a queued task while its new node boots.
 pub const PROVISIONING_DETAIL: &str = "provisioning node…";
@@ -398,7 +398,16 @@ impl TaskRunner {
         {
             Step::Applied { task, effects } => (task, effects),
             _ => {
-                // Cancelled or timed out while the node was coming: give the node back.
+                let task = self.task(id).await?;
+                // Another acquirer (a replica's resume) delegated the task first, to this
+                // same node (the node claimed for the run, see `acquire_node`): the node is
+                // the winner's, whose workspace may not be written yet, so it stays.
+                if task.node_id == Some(node) {
+                    tracing::info!(task = %id, %node, "task already delegated to this node by another acquirer");
+                    return Ok(task);
+                }
+                // Cancelled or timed out while the node was coming, or delegated to another
+                // node: give this one back.
                 tracing::info!(task = %id, %node, "task left the queue before its node came; releasing the node");
                 self.inner.pool.release(node).await?;
                 return self.task(id).await;
@@ -413,14 +422,18 @@ impl TaskRunner {
         self.task(id).await
     }
 
-    /// A warm node of the project's provider, else a new one; while a new one boots the
-    /// queued task says so in its [`status_detail`](Task::status_detail).
+    /// The node already claimed for this run of the task, else a warm node of the project's
+    /// provider, else a new one; while a new one boots the queued task says so in its
+    /// [`status_detail`](Task::status_detail).
     async fn acquire_node(
         &self,
         task: &Task,
         project: &kiln_core::Project,
     ) -> Result<crate::pool::Acquired, Error> {
         let pool = &self.inner.pool;
+        if let Some(acquired) = self.claimed_for_run(task).await? {
+            return Ok(acquired);
+        }
         let size = task.effective_vm_size(project);
         let location = pool.settings().location;
         let provider = project.provider.as_str();
@@ -434,6 +447,66 @@ impl TaskRunner {
             .await;
         pool.provision_for(provider, task.owner, size, location.as_deref(), task.id)
             .await
+    }
+
+    /// The node a stopped process claimed (or began provisioning) for this run of the
+    /// queued `task` but never stored as the task's node: the process stopped between the
+    /// claim and the `queued → delegated` write. Without this the resumed run would take a
+    /// second node and leave the first `active`, claimed by the task, with nothing on it.
+    ///
+    /// Only a node claimed since the task was queued and with no workspace on it counts: an
+    /// older claim is an earlier attempt's, released once its discarded workspace is gone
+    /// (the same rule [`workspace_destroyed`](Self::workspace_destroyed) follows, so it never
+    /// releases a node taken here). A node still provisioning is waited for, as
+    /// [`WarmPool::claimed_for`] waits, when the task holds no active node; should it fail
+    /// to come, the run acquires another as usual.
+    async fn claimed_for_run(&self, task: &Task) -> Result<Option<crate::pool::Acquired>, Error> {
+        let claimed: Vec<_> = self
+            .store()
+            .list_nodes(&NodeQuery {
+                owner: Some(task.owner),
+                states: vec![NodeState::Active, NodeState::Provisioning],
+                ..NodeQuery::default()
+            })
+            .await?
+            .into_iter()
+            .filter(|n| n.claimed_by == Some(task.id))
+            .collect();
+        for node in &claimed {
+            if node.state != NodeState::Active || node.updated_at < task.status_changed_at {
+                continue;
+            }
+            let on_it = self
+                .store()
+                .list_workspaces(&WorkspaceQuery {
+                    node_id: Some(node.id),
+                    statuses: live_workspace_statuses(),
+                    ..WorkspaceQuery::default()
+                })
+                .await?;
+            if on_it.is_empty() {
+                tracing::info!(task = %task.id, node = %node.id, "reusing the node already claimed for the task");
+                return Ok(Some(crate::pool::Acquired {
+                    node: node.clone(),
+                    source: crate::pool::AcquireSource::Warm,
+                    waited: std::time::Duration::ZERO,
+                }));
+            }
+        }
+        let provisioning = claimed.iter().all(|n| n.state == NodeState::Provisioning);
+        if claimed.is_empty() || !provisioning {
+            return Ok(None);
+        }
+        self.set_status_detail(task.id, TaskStatus::Queued, PROVISIONING_DETAIL)
+            .await;
+        match self.inner.pool.claimed_for(task.owner, task.id).await {
+            Ok(acquired) => Ok(acquired),
+            // Failed or timed out (and destroyed by the pool): the run acquires another.
+            Err(e) => {
+                tracing::warn!(task = %task.id, error = %e, "the node provisioning for the task did not come; acquiring another");
+                Ok(None)
+            }
+        }
     }
 
     /// Notes progress on a task still in `status` (best effort: a task that moved on keeps

@@ -6,9 +6,13 @@
 //! says `queued` or `delegated` but nobody works on it. [`TaskRunner::resume`] runs once when
 //! a runner starts ([`run_until`](TaskRunner::run_until) calls it first) and carries on:
 //!
-//! - a `queued` task acquires its node again (warm claim, else provision). Should another
-//!   replica still be acquiring for it, the compare-and-set on `queued → delegated` lets
-//!   exactly one of them delegate; the other gives its node back to the warm pool.
+//! - a `queued` task acquires its node again: the node already claimed for it, if the stopped
+//!   process claimed (or began provisioning) one but stopped before storing it as the task's
+//!   node, else a warm claim, else a new node — so the first node is not left `active`,
+//!   claimed by the task, with nothing on it. Should another replica still be acquiring for
+//!   it, the compare-and-set on `queued → delegated` lets exactly one of them delegate; the
+//!   other gives its node back to the warm pool, unless it is the very node the winner
+//!   delegated to (both took the node claimed for the task).
 //! - a `delegated` task whose workspace is still `creating` gets its create-workspace command
 //!   again (commands wait in server memory and are lost with it). The agent host applies a
 //!   workspace's create command once, so a copy that did arrive before the stop is harmless.
