@@ -11,12 +11,12 @@ use kiln_core::secret::Secret;
 use kiln_core::{ChatMessage, MessageId, Role};
 use tokio::sync::{mpsc, oneshot};
 
-use super::record::{RecordStatus, TurnPrompt, WorkspaceRecord};
+use super::record::{PendingCompletion, RecordStatus, TurnPrompt, WorkspaceRecord};
 use super::resume::{
     LATE_PROMPT_NOTICE, TurnRecorder, continuation_prompt, restart_failure, restart_notice,
 };
 use super::{NodeShared, git};
-use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind, TurnSummary};
+use crate::acp::{AgentHost, AgentLaunch, AgentReport, SessionCapture, StopKind};
 use crate::credentials::{GitCredential, http_origin};
 use crate::error::{NodeError, Result};
 use crate::recorder::MessageRecorder;
@@ -275,6 +275,7 @@ impl WorkspaceActor {
         self.record.turn_prompts.clear();
         self.record.turn_resumes = 0;
         self.record.cancel_requested = false;
+        self.record.completion_pending = None;
         self.record.last_event = Some(event.clone());
         self.set_status(status);
         self.report(event);
@@ -297,14 +298,21 @@ impl WorkspaceActor {
     }
 
     /// Runs a workspace found on disk after a restart: its route reopens (undelivered
-    /// messages go out), a turn the restart interrupted is continued (or, past the limit,
-    /// failed), and the agent starts again with the next prompt.
+    /// messages go out), a task whose completion the restart interrupted completes, a turn
+    /// the restart interrupted is continued (or, past the limit, failed), and the agent
+    /// starts again with the next prompt.
     pub async fn run_resumed(mut self) {
         if let Err(e) = self.open_route().await {
             tracing::error!(error = %e, workspace = %self.id(), "route not reopened");
         }
         let mut early = Vec::new();
-        if self.record.turn_active {
+        if let Some(completion) = self.record.completion_pending.clone() {
+            // The task's last turn had ended; the node stopped before its completion was
+            // reported (committing, pushing). Done again: a commit with nothing new is
+            // skipped, and pushing what the remote has already succeeds.
+            tracing::info!(workspace = %self.id(), "completing the task whose completion the restart interrupted");
+            self.complete(completion).await;
+        } else if self.record.turn_active {
             early = self.continue_interrupted_turn().await;
         } else if let Some(event) = self.record.last_event.clone() {
             self.report(event);
@@ -581,11 +589,12 @@ impl WorkspaceActor {
             }
             AgentReport::TurnEnded { stop, summary } => match stop {
                 StopKind::EndTurn => {
-                    self.end_turn();
-                    // A task finishes when the agent has no more prompts: the follow-ups the
-                    // user sent during its turns run first (a cancel drops them).
-                    if self.record.task_id.is_some() && !self.record.turn_active {
-                        self.complete(summary).await;
+                    let completion = PendingCompletion {
+                        summary: summary.summary,
+                        pr_url: summary.pr_url,
+                    };
+                    if let Some(completion) = self.end_turn(completion) {
+                        self.complete(completion).await;
                     }
                 }
                 StopKind::Cancelled => {
@@ -612,7 +621,12 @@ impl WorkspaceActor {
 
     /// A turn ended normally: the next queued prompt's turn, if any, is under way now (the
     /// agent host sent it). After a cancel the host dropped its queue, so nothing follows.
-    fn end_turn(&mut self) {
+    ///
+    /// A task finishes when the agent has no more prompts (the follow-ups the user sent
+    /// during its turns run first; a cancel drops them): then the completion, returned, is
+    /// saved in the same write as the turn's end, so a node stopped before the completion is
+    /// reported completes the task after its restart instead of waiting for a prompt.
+    fn end_turn(&mut self, completion: PendingCompletion) -> Option<PendingCompletion> {
         tracing::debug!(workspace = %self.id(), "turn ended");
         if self.record.cancel_requested {
             self.record.turn_prompts.clear();
@@ -622,11 +636,16 @@ impl WorkspaceActor {
         }
         self.record.turn_resumes = 0;
         self.record.turn_active = !self.record.turn_prompts.is_empty();
+        let completes = self.record.task_id.is_some() && !self.record.turn_active;
+        self.record.completion_pending = completes.then_some(completion);
         self.save();
+        self.record.completion_pending.clone()
     }
 
     /// Commits everything on the task branch, pushes it and reports the task completed.
-    async fn complete(&mut self, summary: TurnSummary) {
+    /// Safe to run again for the same work (after a restart): with nothing new to commit no
+    /// commit is made, and pushing a branch the remote already has succeeds.
+    async fn complete(&mut self, completion: PendingCompletion) {
         self.turn_reported = true;
         let checkout = self.checkout();
         let topic = self
@@ -687,8 +706,8 @@ impl WorkspaceActor {
         let event = WorkspaceEvent::Completed {
             workspace_id: self.id(),
             branch: self.record.branch.clone(),
-            pr_url: summary.pr_url,
-            summary: summary.summary,
+            pr_url: completion.pr_url,
+            summary: completion.summary,
             warning,
         };
         self.finish(RecordStatus::Completed, event);

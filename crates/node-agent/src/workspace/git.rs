@@ -235,3 +235,44 @@ pub async fn push(
     .await
     .map(drop)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A completion a restart interrupted is carried out again (the workspace's `complete`):
+    /// committing with nothing new and pushing what the remote already has must not fail.
+    #[tokio::test]
+    async fn committing_and_pushing_again_work_already_committed_and_pushed_succeeds() {
+        let root = tempfile::tempdir().unwrap();
+        let bare = root.path().join("origin.git");
+        let mut init = git(None);
+        init.args(["init", "--quiet", "--bare"]).arg(&bare);
+        run(init, "init").await.unwrap();
+        let url = bare.display().to_string();
+        let checkout = root.path().join("checkout");
+        clone_or_init(&url, &checkout, None).await.unwrap();
+        let branch = create_task_branch(&checkout, "task/t").await.unwrap();
+        std::fs::write(checkout.join("work.txt"), "done\n").unwrap();
+
+        assert!(commit_all(&checkout, "kiln: work").await.unwrap());
+        push(&checkout, &url, &branch, None).await.unwrap();
+        assert!(
+            !commit_all(&checkout, "kiln: work").await.unwrap(),
+            "nothing new: no second commit"
+        );
+        push(&checkout, &url, &branch, None).await.unwrap();
+
+        let mut head = git(Some(&checkout));
+        head.args(["rev-parse", "HEAD"]);
+        let mut pushed = git(Some(&bare));
+        pushed.args(["rev-parse", "refs/heads/task/t"]);
+        assert_eq!(
+            run(pushed, "rev-parse").await.unwrap(),
+            run(head, "rev-parse").await.unwrap()
+        );
+        let mut count = git(Some(&bare));
+        count.args(["rev-list", "--count", "refs/heads/task/t"]);
+        assert_eq!(run(count, "rev-list").await.unwrap().trim(), "1");
+    }
+}

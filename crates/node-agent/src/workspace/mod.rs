@@ -13,7 +13,10 @@
 //! A task's workspace completes (commits, pushes, reports `completed`) when a turn ends and
 //! no prompt waits behind it: the follow-ups the user sent while the task ran are run first,
 //! each in its own turn; a cancel drops them. A follow-up that reaches the workspace after
-//! the task completed is not run, and the chat says so.
+//! the task completed is not run, and the chat says so. That decision is saved with the
+//! turn's end (the record's `completionPending`), so a node stopped while it commits and
+//! pushes completes the task after its restart: commit and push are done again (with
+//! nothing new no second commit is made; pushing a branch the remote has succeeds).
 //!
 //! A prompt the node acknowledged to the control plane but its workspace has not taken yet
 //! waits on disk (in the workspace's `inbox/`), so a node killed in between runs it after
@@ -274,6 +277,7 @@ impl Workspaces {
                     cancel_requested: false,
                     last_event: None,
                     taken_prompts: Vec::new(),
+                    completion_pending: None,
                 };
                 if let Err(e) = record.save(&dir) {
                     self.shared.events.report(WorkspaceEvent::Failed {

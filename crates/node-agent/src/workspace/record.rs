@@ -85,6 +85,23 @@ pub struct WorkspaceRecord {
     /// after a restart) is dropped rather than run twice.
     #[serde(default)]
     pub taken_prompts: Vec<MessageId>,
+    /// The task's last turn ended with no prompt left, so the task is to complete (commit,
+    /// push, report `completed`) with this: saved with the turn's end, cleared with the
+    /// terminal event. A restart finding it completes the task, since the node stopped
+    /// before the completion was reported (commit and push are safe to run again).
+    #[serde(default)]
+    pub completion_pending: Option<PendingCompletion>,
+}
+
+/// What a task's completion reports, kept from the end of its last turn until it is reported
+/// ([`WorkspaceRecord::completion_pending`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingCompletion {
+    /// The agent's last answer.
+    pub summary: Option<String>,
+    /// The last pull-request URL the agent mentioned.
+    pub pr_url: Option<String>,
 }
 
 /// How many taken prompt ids a workspace record keeps ([`WorkspaceRecord::taken_prompts`]).
@@ -202,6 +219,10 @@ mod tests {
             cancel_requested: false,
             last_event: None,
             taken_prompts: vec![MessageId::new()],
+            completion_pending: Some(PendingCompletion {
+                summary: Some("Done.".into()),
+                pr_url: None,
+            }),
         };
         record.save(dir.path()).unwrap();
         let mut json: serde_json::Value =
@@ -213,6 +234,7 @@ mod tests {
         assert_eq!(json["turnPrompts"][0]["text"], "Fix the build");
         assert_eq!(json["turnPrompts"][0]["recorded"], true);
         assert_eq!(json["turnResumes"], 1);
+        assert_eq!(json["completionPending"]["summary"], "Done.");
         let mut older = json.clone();
         older["turnPrompts"][0]
             .as_object_mut()
@@ -231,6 +253,7 @@ mod tests {
             "turnResumes",
             "cancelRequested",
             "takenPrompts",
+            "completionPending",
         ] {
             json.as_object_mut().unwrap().remove(field);
         }
@@ -240,6 +263,7 @@ mod tests {
         assert!(old.turn_prompts.is_empty());
         assert_eq!((old.turn_resumes, old.cancel_requested), (0, false));
         assert!(old.taken_prompts.is_empty());
+        assert_eq!(old.completion_pending, None);
         assert_eq!(old.repository_url, record.repository_url);
     }
 
