@@ -4,7 +4,8 @@
 //! restarts the server (SIGKILL and SIGTERM), and sends all node↔server traffic through a
 //! loopback proxy that delays, drops, resets and pauses it. At the end it prints one table
 //! and fails on any lost or duplicated message, out-of-order session, stuck task or leaked
-//! node.
+//! node (a server the store does not know, a live node record with no server, or a node
+//! held with nothing on it that no running task will use).
 //!
 //! Ground truth of "produced": every acknowledged outbox enqueue is logged by kiln-node at
 //! debug level (target `kiln_node::produced`: `id`, `session`, producer `seq`); the soak
@@ -464,6 +465,49 @@ fn crash_and_restart_node(data: &Path, rng: &mut Rng, restarted: &mut Restarted)
     }
     restarted.0.push(child);
     true
+}
+
+/// Nodes nothing will give back: `active` with no workspace on them (none creating, running,
+/// kept stopped or being destroyed) while claimed by nothing or by a task that is not running
+/// (ended, or not one of the soak's), and `warm` nodes that are still claimed. The pool
+/// releases a node when its last workspace is gone or its run ends, so once that has settled
+/// such a node stays until its maximum lifetime: it is alive at the provider and known to the
+/// store, which the orphan and ghost counts cannot see. Each is described with its claim.
+fn leaked_nodes(
+    nodes: &Value,
+    live_workspaces: &Value,
+    task_status: &HashMap<String, String>,
+) -> Vec<String> {
+    let busy: HashSet<&str> = live_workspaces
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["nodeId"].as_str())
+        .collect();
+    nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| {
+            let id = n["id"].as_str().unwrap();
+            let state = n["state"].as_str().unwrap();
+            let claim = n["claimedBy"].as_str();
+            let claimant = claim.map(|t| task_status.get(t).map_or("not the soak's", |s| s));
+            let running =
+                claimant.is_some_and(|s| ["queued", "delegated", "in_progress"].contains(&s));
+            let leaked = match state {
+                "active" => !running && !busy.contains(id),
+                "warm" => claim.is_some(),
+                _ => false,
+            };
+            leaked.then(|| match (claim, claimant) {
+                (Some(task), Some(status)) => {
+                    format!("{id} {state}, claimed by task {task} ({status})")
+                }
+                _ => format!("{id} {state}, unclaimed"),
+            })
+        })
+        .collect()
 }
 
 /// GET with retries while the server restarts.
@@ -931,10 +975,28 @@ async fn soak(database_url: Option<String>, label: &str) {
 
     // Nodes: the provider's (live processes) against the store's, once the sweep has run
     // with its timeouts (a node record left `provisioning` by a server killed before the
-    // provider started the process is failed by the provisioning timeout).
+    // provider started the process is failed by the provisioning timeout). Leaked nodes
+    // (see `leaked_nodes`) get the same time to be released.
+    let task_status: HashMap<String, String> = final_tasks
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_owned(),
+                t["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
     let converge = Instant::now();
-    let (provider_live, store_live, orphans, ghosts) = loop {
+    let (provider_live, store_live, orphans, ghosts, leaked) = loop {
         let store_nodes = get(&http, &base, &token, "/api/nodes").await;
+        let live_workspaces = get(
+            &http,
+            &base,
+            &token,
+            "/api/workspaces?status=creating,running,stopped,destroying",
+        )
+        .await;
+        let leaked = leaked_nodes(&store_nodes, &live_workspaces, &task_status);
         let store_live: HashSet<String> = store_nodes
             .as_array()
             .unwrap()
@@ -949,9 +1011,10 @@ async fn soak(database_url: Option<String>, label: &str) {
             .collect();
         let orphans: Vec<String> = provider_live.difference(&store_live).cloned().collect();
         let ghosts: Vec<String> = store_live.difference(&provider_live).cloned().collect();
-        if (orphans.is_empty() && ghosts.is_empty()) || converge.elapsed() > Duration::from_secs(45)
+        if (orphans.is_empty() && ghosts.is_empty() && leaked.is_empty())
+            || converge.elapsed() > Duration::from_secs(45)
         {
-            break (provider_live, store_live, orphans, ghosts);
+            break (provider_live, store_live, orphans, ghosts, leaked);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -1001,7 +1064,7 @@ async fn soak(database_url: Option<String>, label: &str) {
          | faults          | {faults:?} |\n\
          | tasks           | completed {c}, failed {f} (stranded by a restart {stranded}), cancelled {x}, stuck {stuck} (all terminal {all:.1} s after faults) |{failures}\n\
          | messages        | produced {produced} / stored {stored_n} / lost {lost} / duplicated {dup} / out of order {ooo} |\n\
-         | nodes           | provider {pl} live / store {sl} live / orphans {o} / ghosts {g} (agreed {nc:.1} s after the tasks) |\n\
+         | nodes           | provider {pl} live / store {sl} live / orphans {o} / ghosts {g} / leaked {lk} (agreed {nc:.1} s after the tasks) |\n\
          | recovery        | p50 {p50:.0} ms / p99 {p99:.0} ms / max {max:.0} ms over {n} faults |\n\
          | wall time       | {wall:.1} s |\n",
         seed = plan.seed,
@@ -1025,6 +1088,7 @@ async fn soak(database_url: Option<String>, label: &str) {
         sl = store_live.len(),
         o = orphans.len(),
         g = ghosts.len(),
+        lk = leaked.len(),
         nc = nodes_converged.as_secs_f64(),
         p50 = percentile(&rec, 0.5).as_secs_f64() * 1e3,
         p99 = percentile(&rec, 0.99).as_secs_f64() * 1e3,
@@ -1038,7 +1102,8 @@ async fn soak(database_url: Option<String>, label: &str) {
         || !out_of_order.is_empty()
         || !stuck.is_empty()
         || !orphans.is_empty()
-        || !ghosts.is_empty();
+        || !ghosts.is_empty()
+        || !leaked.is_empty();
     if failed {
         eprintln!("--- server log tail ---\n{}", server.log_tail());
         eprintln!("(data kept in {})", dir.keep().display());
@@ -1060,8 +1125,56 @@ async fn soak(database_url: Option<String>, label: &str) {
         ghosts.is_empty(),
         "live nodes in the store with no process: {ghosts:?}"
     );
+    assert!(
+        leaked.is_empty(),
+        "nodes held with nothing on them and no running task to use them: {leaked:?}"
+    );
     drop(restarted);
     drop(server);
+}
+
+/// The leak check on its own: what it counts and what it leaves alone.
+#[test]
+fn leaked_nodes_are_held_nodes_no_running_task_will_use() {
+    let nodes = json!([
+        {"id": "running-task", "state": "active", "claimedBy": "t-running"},
+        {"id": "queued-task", "state": "active", "claimedBy": "t-queued"},
+        {"id": "kept-workspace", "state": "active", "claimedBy": "t-failed"},
+        {"id": "being-emptied", "state": "active", "claimedBy": "t-done"},
+        {"id": "idle-warm", "state": "warm", "claimedBy": null},
+        {"id": "gone", "state": "destroyed", "claimedBy": "t-done"},
+        {"id": "completed-task", "state": "active", "claimedBy": "t-done"},
+        {"id": "unknown-task", "state": "active", "claimedBy": "t-other"},
+        {"id": "unclaimed", "state": "active", "claimedBy": null},
+        {"id": "claimed-warm", "state": "warm", "claimedBy": "t-running"},
+    ]);
+    let workspaces = json!([
+        {"nodeId": "running-task", "status": "running"},
+        {"nodeId": "kept-workspace", "status": "stopped"},
+        {"nodeId": "being-emptied", "status": "destroying"},
+    ]);
+    let status: HashMap<String, String> = [
+        ("t-running", "in_progress"),
+        ("t-queued", "queued"),
+        ("t-failed", "failed"),
+        ("t-done", "completed"),
+    ]
+    .into_iter()
+    .map(|(t, s)| (t.to_owned(), s.to_owned()))
+    .collect();
+    let leaked: Vec<String> = leaked_nodes(&nodes, &workspaces, &status)
+        .into_iter()
+        .map(|l| l.split(' ').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        leaked,
+        [
+            "completed-task",
+            "unknown-task",
+            "unclaimed",
+            "claimed-warm"
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
