@@ -55,6 +55,9 @@ test('set, show as a hint, and remove a project git token', async (t) => {
   await page.click('form.card-form button[type="submit"]');
   await until('the rename', async () => (await api.call('GET', `/api/projects/${project.id}`)).name === 'private-repo-2');
   assert.equal((await api.call('GET', `/api/projects/${project.id}/git-token`)).set, true);
+  // The form leaves for the project page once its save returns (after the API has the
+  // rename): wait for that, or it can follow the goto below and leave the settings again.
+  await page.waitForURL((url) => url.hash === `#/p/${project.id}`);
 
   // Remove.
   await page.goto(settings);
