@@ -2,9 +2,10 @@
 //! `{"error": code, "message": …}` (plus `"rejected": [ids]` when specific messages were refused).
 
 use axum::Json;
-use axum::extract::FromRequest;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use kiln_core::{MessageId, StoreError};
 use serde::Serialize;
@@ -325,10 +326,38 @@ fn value_of(unexpected: &str) -> String {
     }
 }
 
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        Self::bad_request(rejection.body_text())
-    }
+/// A 400 for a query string that does not fit, naming the parameter and what it takes
+/// (`limit must be a whole number (got "abc")`) instead of axum's "Failed to deserialize
+/// query string: limit: invalid digit found in string".
+fn query_error(rejection: &QueryRejection, uri: &Uri) -> ApiError {
+    let raw = inner_text(&rejection.body_text());
+    let (parameter, problem) = match raw.split_once(": ") {
+        Some((head, rest)) if is_path(head) => (head, rest),
+        _ => return ApiError::bad_request(format!("the query string does not fit: {raw}")),
+    };
+    // serde_urlencoded passes on the `FromStr` error of a number or a boolean.
+    let wanted = match problem {
+        "invalid digit found in string"
+        | "cannot parse integer from empty string"
+        | "number too large to fit in target type"
+        | "number too small to fit in target type" => "a whole number",
+        "invalid float literal" => "a number",
+        "provided string was not `true` or `false`" => "true or false",
+        _ => return ApiError::bad_request(describe_data_error(&raw)),
+    };
+    let message = match problem {
+        "number too large to fit in target type" => format!("{parameter} is too large"),
+        "number too small to fit in target type" => format!("{parameter} is too small"),
+        _ => format!("{parameter} must be {wanted}"),
+    };
+    let given = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri)
+        .ok()
+        .and_then(|pairs| pairs.0.into_iter().find(|(key, _)| key == parameter))
+        .map(|(_, value)| value);
+    ApiError::bad_request(match given {
+        Some(value) => format!("{message} (got \"{value}\")"),
+        None => message,
+    })
 }
 
 /// Rewrites the plain-text error answers of axum's own extractors (a path segment that is
@@ -368,10 +397,20 @@ impl<T: Serialize> IntoResponse for ApiJson<T> {
     }
 }
 
-/// `axum::extract::Query` whose rejections are [`ApiError`]s.
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
+/// `axum::extract::Query` whose rejections are [`ApiError`]s: a 400 `invalid_request`
+/// naming the parameter, what it takes and what it got.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::try_from_uri(&parts.uri)
+            .map(|axum::extract::Query(value)| Self(value))
+            .map_err(|rejection| query_error(&rejection, &parts.uri))
+    }
+}
 
 /// Parses a path segment as an id; a malformed id is a 404 (no such object).
 pub fn parse_id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, ApiError> {

@@ -763,5 +763,8 @@ async fn tokens_are_listed_without_secrets_and_revoked_at_once() {
     assert_eq!(error_code(r).await.0, 404);
     let r = revoke(&ann, "not-a-uuid").await.unwrap();
     let (status, body) = error_code(r).await;
-    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        status, 404,
+        "a malformed id is not found, like other ids: {body}"
+    );
 }

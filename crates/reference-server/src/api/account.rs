@@ -11,7 +11,7 @@ use crate::auth::{
     BROWSER_TOKEN_NAME, CurrentUser, LOGIN_TOKEN_NAME, SESSION_COOKIE, find_token, issue_token,
     session_cookie,
 };
-use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult};
+use crate::error::{ApiError, ApiJson, ApiQuery, ApiResult, parse_id};
 use crate::state::AppState;
 
 /// The longest token lifetime (100 years): beyond it the expiry would leave the range of
@@ -141,15 +141,13 @@ pub(crate) async fn list_tokens(
 }
 
 /// `DELETE /api/tokens/{tokenId}`: revokes one of the signed-in user's tokens at once
-/// (another user's is not found).
+/// (another user's, like a malformed id, is not found).
 pub(crate) async fn revoke_token(
     State(state): State<AppState>,
     user: CurrentUser,
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> ApiResult<StatusCode> {
-    let id: uuid::Uuid = id
-        .parse()
-        .map_err(|_| ApiError::bad_request("tokenId is not a UUID"))?;
+    let id: uuid::Uuid = parse_id(&id, "token")?;
     let owned = state
         .store
         .list_api_tokens(user.id())

@@ -24,14 +24,33 @@ pub struct CreateProject {
     provider: Option<String>,
 }
 
-/// Body of `PATCH /api/projects/{id}`.
+/// Body of `PATCH /api/projects/{id}`: an absent field is unchanged; every field a project
+/// always has, so `null` is refused (422 naming the field) rather than ignored.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpdateProject {
+    #[serde(default, deserialize_with = "not_null")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     repository_url: Option<String>,
+    #[serde(default, deserialize_with = "not_null")]
     default_vm_size: Option<VmSize>,
+    #[serde(default, deserialize_with = "not_null")]
     provider: Option<String>,
+}
+
+/// A field that is given must hold a `T`; `None` only when it is absent (`serde(default)`).
+/// Read as an `Option` first: serde_json takes a `null` where an enum belongs for a syntax
+/// error, which would be a 400 `invalid_json` instead of a 422 naming the field.
+fn not_null<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    match Option::<T>::deserialize(d)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(
+            "must not be null (leave it out to keep it unchanged)",
+        )),
+    }
 }
 
 /// `provider` if this server enables it, else a 422 naming the ones it does.
