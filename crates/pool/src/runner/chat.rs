@@ -93,18 +93,28 @@ impl TaskRunner {
 
     /// Stores a notice from Kiln in the session, so the user sees why the chat stopped.
     async fn chat_notice(&self, session: &ChatSession, text: String) {
+        self.system_notice(session.id, text).await;
+    }
+
+    /// Stores a system message from Kiln in `session`; whether it was stored (a failure is
+    /// logged, never raised: the notice explains a change already made).
+    pub(super) async fn system_notice(&self, session: SessionId, text: String) -> bool {
         let now = self.now();
         let notice = ChatMessage {
             id: MessageId::new(),
-            session_id: session.id,
+            session_id: session,
             role: Role::System,
             content: text,
             tool: None,
             seq: None,
             created_at: now,
         };
-        if let Err(e) = self.store().insert_messages(&[notice], now).await {
-            tracing::warn!(session = %session.id, error = %e, "could not store a chat notice");
+        match self.store().insert_messages(&[notice], now).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(%session, error = %e, "could not store a notice from Kiln");
+                false
+            }
         }
     }
 

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use kiln_core::clock::add_duration;
 use kiln_core::{
-    Change, ChatMessage, MessageId, NodeState, Role, SessionId, TaskId, Workspace, WorkspaceId,
-    WorkspaceQuery, WorkspaceStatus,
+    Change, NodeState, SessionId, TaskId, Workspace, WorkspaceId, WorkspaceQuery, WorkspaceStatus,
 };
 
 use super::TaskRunner;
@@ -161,31 +160,20 @@ impl TaskRunner {
     }
 
     async fn retention_notice(&self, workspace: &Workspace, session: SessionId, ttl: Duration) {
-        let now = self.now();
-        let notice = ChatMessage {
-            id: MessageId::new(),
-            session_id: session,
-            role: Role::System,
-            content: format!(
-                "The workspace was discarded after the retention period ({}): its files are gone and its node was released. Re-run the task to start again.",
-                human(ttl)
-            ),
-            tool: None,
-            seq: None,
-            created_at: now,
-        };
-        if let Err(e) = self.store().insert_messages(&[notice], now).await {
-            tracing::warn!(%session, error = %e, "could not store the retention notice");
-            return;
+        let text = format!(
+            "The workspace was discarded after the retention period ({}): its files are gone and its node was released. Re-run the task to start again.",
+            human(ttl)
+        );
+        if self.system_notice(session, text).await {
+            self.publish(
+                workspace.owner,
+                workspace.project_id,
+                Change::Session {
+                    session_id: session,
+                },
+            )
+            .await;
         }
-        self.publish(
-            workspace.owner,
-            workspace.project_id,
-            Change::Session {
-                session_id: session,
-            },
-        )
-        .await;
     }
 }
 
